@@ -1,1 +1,88 @@
+//! A TCP server built on a fixed pool of worker threads fed by a bounded
+//! accept queue.
+//!
+//! ```text
+//!            accept(2)               bounded channel (--backlog)
+//! clients ──────────────▶ acceptor ─────────────────────────────▶ worker 1
+//!                            │      full? block (back-pressure)   worker 2
+//!                            │         or reject with BUSY        ...
+//!                            ▼                                    worker N
+//!                         Counters ◀──────── busy / live / bytes ────┘
+//!                            │
+//!                         monitor: one report every --monitor-interval
+//! ```
+//!
+//! Each worker serves one connection's whole conversation — by default the
+//! uppercase loop: every byte comes back uppercased until the client closes
+//! or sends a line `exit` or `quit` — then takes the next connection.
+//!
+//! Where to look:
+//!
+//! | what | module |
+//! |---|---|
+//! | settings and defaults | [`ServerBuilder`] (`config.rs`) |
+//! | start and stop | [`Server`] (`server.rs`) |
+//! | the accept loop and the queue | `acceptor.rs` |
+//! | the worker loop | `pool.rs` |
+//! | timeouts, lingering close, `BUSY` | [`Connection`] (`connection.rs`) |
+//! | the uppercase bytes rules | [`protocol`] |
+//! | what a worker runs | [`Service`], [`Uppercase`] (`service.rs`) |
+//! | the counters | [`Stats`] (`stats.rs`) |
+//! | the periodic report | `monitor.rs` |
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::{BufRead, BufReader, Write};
+//! use std::net::TcpStream;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = poolserver::Server::builder()
+//!     .addr("127.0.0.1:0")
+//!     .workers(4)
+//!     .backlog(16)
+//!     .monitor_interval(Duration::ZERO)
+//!     .start()?;
+//!
+//! let mut client = TcpStream::connect(server.local_addr())?;
+//! client.write_all(b"hello\n")?;
+//! let mut line = String::new();
+//! BufReader::new(&client).read_line(&mut line)?;
+//! assert_eq!(line, "HELLO\n");
+//!
+//! drop(client);
+//! let stats = server.shutdown(Duration::from_secs(5));
+//! assert_eq!(stats.accepted, 1);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod acceptor;
+mod config;
+mod connection;
+mod error;
+mod monitor;
+mod pool;
 pub mod protocol;
+mod server;
+mod service;
+mod shutdown;
+mod stats;
+
+pub use config::{MonitorFormat, Overflow, ServerBuilder};
+pub use config::{
+    DEFAULT_ADDR, DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
+    DEFAULT_READ_BUFFER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WORKER_STACK, DEFAULT_WRITE_TIMEOUT,
+};
+pub use connection::{Connection, End};
+pub use error::Error;
+pub use server::Server;
+pub use service::{Buffers, Echo, Service, Uppercase};
+pub use stats::Stats;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct ReadmeDoctests;

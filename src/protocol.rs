@@ -98,7 +98,7 @@ impl Uppercaser {
     /// function allocate.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Feed {
         out.reserve(MAX_EXPANSION * (input.len() + MAX_LINE_HOLD + 3));
-        let mut rest = input;
+        let rest = input;
 
         // First settle a line start left over from the previous read.
         if self.at_line_start {

@@ -1,1 +1,262 @@
-fn main(){}
+//! `poolserver`: parses the flags, sets up logging, starts the library's
+//! server, and turns SIGINT/SIGTERM into a graceful shutdown (a second
+//! signal exits at once with code 130).
+//!
+//! Exit codes: 0 after a graceful shutdown, 2 for bad usage or an address
+//! that cannot be bound (clap exits 2 on its own for bad flags), 1 for any
+//! other fatal error.
+
+use std::fs::OpenOptions;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use log::{info, LevelFilter};
+use poolserver::{Echo, MonitorFormat, Overflow, Server, Uppercase};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use simplelog::{
+    ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode,
+    WriteLogger,
+};
+
+/// A TCP server with a fixed pool of worker threads fed by a bounded accept
+/// queue. Each worker serves one connection at a time: every byte the client
+/// sends comes back uppercased, until the client closes or sends a line
+/// `exit` or `quit`.
+///
+/// Durations take a unit (250ms, 30s, 5m); a bare number means seconds.
+/// Every flag can also be set through the environment variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "poolserver", version, about, long_about)]
+struct Args {
+    /// Address to listen on, IPv4 or IPv6 (port 0 = any free port)
+    #[arg(short, long, env = "POOLSERVER_ADDR", default_value = poolserver::DEFAULT_ADDR)]
+    addr: String,
+
+    /// Size of the fixed worker pool [default: number of logical CPUs]
+    #[arg(short, long, env = "POOLSERVER_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: Option<u32>,
+
+    /// Capacity of the bounded accept queue between acceptor and workers
+    #[arg(short, long, env = "POOLSERVER_BACKLOG", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    backlog: u32,
+
+    /// The kernel's listen(2) backlog [default: same as --backlog]
+    #[arg(long, env = "POOLSERVER_LISTEN_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
+    listen_backlog: Option<u32>,
+
+    /// When the accept queue is full: wait for room, or answer BUSY and close
+    #[arg(long, env = "POOLSERVER_OVERFLOW", value_enum, default_value_t = OverflowArg::Block)]
+    overflow: OverflowArg,
+
+    /// Answer BUSY to a connection that waited longer than this for a worker (0 = no limit)
+    #[arg(long, env = "POOLSERVER_QUEUE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    queue_timeout: Duration,
+
+    /// Close a connection that has sent nothing for this long (0 = never)
+    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Close a connection whose client has read nothing for this long while
+    /// a reply waits (0 = never; shutdown still ends it)
+    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+
+    /// While connections wait for a worker, close clients that sent fewer
+    /// than this many bytes in the last --min-rate-window (0 = off)
+    #[arg(long, env = "POOLSERVER_MIN_RATE", default_value_t = 0)]
+    min_rate: u64,
+
+    /// The window over which --min-rate is measured
+    #[arg(long, env = "POOLSERVER_MIN_RATE_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    min_rate_window: Duration,
+
+    /// Time between monitor reports (0 = no monitor)
+    #[arg(long, env = "POOLSERVER_MONITOR_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    monitor_interval: Duration,
+
+    /// Monitor reports as a key=value log line, or as JSON lines on stdout
+    #[arg(long, env = "POOLSERVER_MONITOR_FORMAT", value_enum, default_value_t = FormatArg::Text)]
+    monitor_format: FormatArg,
+
+    /// On SIGINT/SIGTERM, how long live connections may go on before they are closed
+    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Log level
+    #[arg(long, env = "POOLSERVER_LOG_LEVEL", value_enum, default_value_t = LevelArg::Info)]
+    log_level: LevelArg,
+
+    /// Also append the log to this file
+    #[arg(long, env = "POOLSERVER_LOG_FILE")]
+    log_file: Option<PathBuf>,
+
+    /// What workers do with a connection: the uppercase loop, or plain echo
+    /// (the transform switched off, to measure the I/O ceiling)
+    #[arg(long, env = "POOLSERVER_SERVICE", value_enum, default_value_t = ServiceArg::Uppercase)]
+    service: ServiceArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OverflowArg {
+    Block,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ServiceArg {
+    Uppercase,
+    Echo,
+}
+
+/// `250ms`, `30s`, `5m`, or a bare number of seconds (`0` = off).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a valid number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 250ms, 30s or 5m"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.log_level {
+        LevelArg::Error => LevelFilter::Error,
+        LevelArg::Warn => LevelFilter::Warn,
+        LevelArg::Info => LevelFilter::Info,
+        LevelArg::Debug => LevelFilter::Debug,
+        LevelArg::Trace => LevelFilter::Trace,
+    };
+    if let Err(e) = init_logging(level, args.log_file.as_ref()) {
+        eprintln!("poolserver: {e}");
+        return ExitCode::from(2);
+    }
+
+    // Signals first, so one that arrives during start-up is not lost. The
+    // conditional shutdown is registered before the flag it reads, so the
+    // first signal sees the flag still false (and only sets it); a second
+    // one finds it set and exits at once with 130.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let signals = [SIGINT, SIGTERM].iter().try_for_each(|&sig| {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&interrupted))?;
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).map(|_| ())
+    });
+    let mut signals = match signals.and_then(|()| Signals::new([SIGINT, SIGTERM])) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("poolserver: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    let mut builder = Server::builder()
+        .addr(args.addr.clone())
+        .backlog(args.backlog as usize)
+        .overflow(match args.overflow {
+            OverflowArg::Block => Overflow::Block,
+            OverflowArg::Reject => Overflow::Reject,
+        })
+        .queue_timeout(args.queue_timeout)
+        .idle_timeout(args.idle_timeout)
+        .write_timeout(args.write_timeout)
+        .min_rate(args.min_rate, args.min_rate_window)
+        .monitor_interval(args.monitor_interval)
+        .monitor_format(match args.monitor_format {
+            FormatArg::Text => MonitorFormat::Text,
+            FormatArg::Json => MonitorFormat::Json,
+        })
+        .shutdown_timeout(args.shutdown_timeout);
+    if let Some(n) = args.workers {
+        builder = builder.workers(n as usize);
+    }
+    if let Some(n) = args.listen_backlog {
+        builder = builder.listen_backlog(n as usize);
+    }
+    builder = match args.service {
+        ServiceArg::Uppercase => builder.service(Uppercase),
+        ServiceArg::Echo => builder.service(Echo),
+    };
+
+    let server = match builder.start() {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("poolserver: {e}");
+            if let poolserver::Error::Bind { source, .. } = &e {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    eprintln!(
+                        "poolserver: another process listens there; stop it, or pick another \
+                         address with --addr (port 0 picks any free port)"
+                    );
+                }
+            }
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
+        }
+    };
+
+    if let Some(sig) = signals.forever().next() {
+        let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+        info!(
+            "{name} received: shutting down within {} (send it again to exit at once)",
+            humantime::format_duration(args.shutdown_timeout)
+        );
+    }
+    let stats = server.shutdown(args.shutdown_timeout);
+    info!(
+        "stopped: {} connections accepted, {} served, {} turned away",
+        stats.accepted, stats.closed, stats.rejected
+    );
+    ExitCode::SUCCESS
+}
+
+/// Logs go to stderr (coloured only on a terminal) and, if asked, to a file.
+fn init_logging(level: LevelFilter, file: Option<&PathBuf>) -> Result<(), String> {
+    let config = ConfigBuilder::new()
+        .set_target_level(LevelFilter::Error)
+        .set_thread_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .set_time_format_rfc3339()
+        .build();
+    let color = if std::io::stderr().is_terminal() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![TermLogger::new(
+        level,
+        config.clone(),
+        TerminalMode::Stderr,
+        color,
+    )];
+    if let Some(path) = file {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+        loggers.push(WriteLogger::new(level, config, f));
+    }
+    CombinedLogger::init(loggers).map_err(|e| format!("cannot set up logging: {e}"))
+}

@@ -1,0 +1,339 @@
+//! The acceptor thread: takes connections from the listener and puts them
+//! into the bounded accept queue, the one place where connections wait for
+//! a worker.
+//!
+//! The loop never ends on an error. Per-connection failures of `accept(2)`
+//! (a client that gave up during the handshake) are skipped; resource
+//! shortages (a full fd table, no buffers, no memory) are logged at a
+//! bounded rate and backed off from, 5 ms doubling to 1 s, reset by the
+//! next success. On a full fd table it also uses a spare descriptor to
+//! accept one waiting client and tell it `BUSY`, so clients get an answer
+//! instead of hanging in the kernel's queue (libuv's "EMFILE trick").
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Select, Sender, TrySendError};
+use log::{debug, error, warn};
+
+use crate::config::Overflow;
+use crate::connection::{turn_away, BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
+use crate::shutdown::Shutdown;
+use crate::stats::{Counters, LiveGuard};
+
+/// One accepted connection on its way to a worker.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// When `accept(2)` returned it: the queue wait and the queue timeout
+    /// run from here.
+    pub(crate) accepted_at: Instant,
+    /// Counts the connection as live until it is dropped.
+    pub(crate) live: LiveGuard,
+}
+
+impl Job {
+    /// Turns the connection away with `line` and counts it as rejected.
+    pub(crate) fn reject(mut self, line: &[u8]) {
+        turn_away(&self.stream, line);
+        self.live.set_rejected();
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one accept-error line per this interval; the next line says how
+/// many were left out.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) struct Acceptor {
+    pub(crate) listener: TcpListener,
+    /// The only sender of the accept queue. Dropped when this thread ends,
+    /// which tells the workers to exit once the queue is empty.
+    pub(crate) queue: Sender<Job>,
+    pub(crate) overflow: Overflow,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    /// A descriptor kept open only to be closed when the fd table is full.
+    pub(crate) spare_fd: Option<File>,
+    pub(crate) backoff: Option<Duration>,
+    pub(crate) error_log: RateLimit,
+}
+
+impl Acceptor {
+    pub(crate) fn new(
+        listener: TcpListener,
+        queue: Sender<Job>,
+        overflow: Overflow,
+        counters: Arc<Counters>,
+        shutdown: Arc<Shutdown>,
+    ) -> Self {
+        Acceptor {
+            listener,
+            queue,
+            overflow,
+            counters,
+            shutdown,
+            spare_fd: File::open("/dev/null").ok(),
+            backoff: None,
+            error_log: RateLimit::new(ERROR_LOG_INTERVAL),
+        }
+    }
+
+    /// Accepts until shutdown begins. The server wakes a blocked `accept`
+    /// by shutting the listening socket down.
+    pub(crate) fn run(mut self) {
+        while !self.shutdown.has_begun() {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff = None;
+                    if self.shutdown.has_begun() {
+                        // Raced with shutdown: the listener is closing, so
+                        // this client is refused like any later one.
+                        break;
+                    }
+                    self.dispatch(stream, peer);
+                }
+                Err(e) => self.on_error(e),
+            }
+        }
+        debug!("acceptor stopped; the accept queue is closed to new connections");
+    }
+
+    /// Hands a new connection to the queue, or deals with a full queue.
+    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let job = Job {
+            stream,
+            peer,
+            accepted_at: Instant::now(),
+            live: LiveGuard::new(&self.counters),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                let queued = self.queue.len();
+                self.counters.note_queued(queued);
+                if queued > 0 && self.counters.busy() >= self.counters.workers() {
+                    self.saturated();
+                }
+            }
+            Err(TrySendError::Full(job)) => {
+                self.saturated();
+                match self.overflow {
+                    Overflow::Reject => {
+                        debug!("accept queue full; turning {} away", job.peer);
+                        job.reject(BUSY_FULL);
+                    }
+                    Overflow::Block => self.wait_for_room(job),
+                }
+            }
+            // Workers only drop their receivers after the acceptor is gone.
+            Err(TrySendError::Disconnected(job)) => job.reject(BUSY_SHUTDOWN),
+        }
+    }
+
+    /// `--overflow block`: wait until a worker makes room, or shutdown.
+    fn wait_for_room(&mut self, job: Job) {
+        let mut select = Select::new();
+        let send = select.send(&self.queue);
+        let stop = select.recv(self.shutdown.signal());
+        let op = select.select();
+        if op.index() == send {
+            if let Err(e) = op.send(&self.queue, job) {
+                e.into_inner().reject(BUSY_SHUTDOWN);
+            }
+            self.counters.note_queued(self.queue.len());
+        } else {
+            debug_assert_eq!(op.index(), stop);
+            let _ = op.recv(self.shutdown.signal());
+            job.reject(BUSY_SHUTDOWN);
+        }
+    }
+
+    fn saturated(&self) {
+        if self.counters.begin_saturation() {
+            warn!(
+                "all {} workers are busy; new connections wait in the accept queue \
+                 (capacity {}). More workers, or --overflow reject, or a --queue-timeout \
+                 would shorten the wait",
+                self.counters.workers(),
+                self.queue.capacity().unwrap_or(0),
+            );
+        }
+    }
+
+    fn on_error(&mut self, e: io::Error) {
+        if self.shutdown.has_begun() {
+            return; // the listener was shut down to wake us
+        }
+        self.counters
+            .accept_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => {
+                let backoff = self.next_backoff();
+                if let Some(skipped) = self.error_log.allow() {
+                    warn!(
+                        "accept failed: {e}: the process is out of file descriptors \
+                         (raise the limit with `ulimit -n`); answering waiting clients \
+                         BUSY and retrying in {}{}",
+                        humantime::format_duration(backoff),
+                        suppressed(skipped),
+                    );
+                }
+                self.shed_one_with_spare_fd();
+                self.sleep(backoff);
+            }
+            Some(libc::ENOBUFS | libc::ENOMEM) => {
+                let backoff = self.next_backoff();
+                if let Some(skipped) = self.error_log.allow() {
+                    warn!(
+                        "accept failed: {e}: the system is short of memory; retrying in {}{}",
+                        humantime::format_duration(backoff),
+                        suppressed(skipped),
+                    );
+                }
+                self.sleep(backoff);
+            }
+            _ if is_per_connection(&e) => {
+                debug!("accept: {e} (the client gave up during the handshake); continuing");
+            }
+            _ => {
+                let backoff = self.next_backoff();
+                if let Some(skipped) = self.error_log.allow() {
+                    error!(
+                        "accept failed: {e}; retrying in {}{}",
+                        humantime::format_duration(backoff),
+                        suppressed(skipped),
+                    );
+                }
+                self.sleep(backoff);
+            }
+        }
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let next = self.backoff.map_or(MIN_BACKOFF, |d| (d * 2).min(MAX_BACKOFF));
+        self.backoff = Some(next);
+        next
+    }
+
+    /// Sleeps, but wakes at once when shutdown begins.
+    fn sleep(&self, d: Duration) {
+        let _ = self.shutdown.signal().recv_timeout(d);
+    }
+
+    /// With the fd table full, close the spare descriptor so that one
+    /// waiting client can be accepted and told `BUSY`, then take the spare
+    /// back. Non-blocking: if nobody is waiting, nothing happens.
+    fn shed_one_with_spare_fd(&mut self) {
+        let Some(spare) = self.spare_fd.take() else {
+            self.spare_fd = File::open("/dev/null").ok();
+            return;
+        };
+        drop(spare);
+        if self.listener.set_nonblocking(true).is_ok() {
+            if let Ok((stream, peer)) = self.listener.accept() {
+                debug!("out of file descriptors; turning {peer} away");
+                let mut live = LiveGuard::new(&self.counters);
+                live.set_rejected();
+                turn_away(&stream, BUSY_NO_FDS);
+            }
+            let _ = self.listener.set_nonblocking(false);
+        }
+        self.spare_fd = File::open("/dev/null").ok();
+    }
+}
+
+/// Errors that concern one connection, not the listener: the client reset
+/// or vanished between SYN and accept, or a firewall refused it.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENOPROTOOPT
+                | libc::EOPNOTSUPP
+                | libc::ETIMEDOUT
+        )
+    )
+}
+
+fn suppressed(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar errors not logged)")
+    }
+}
+
+/// Lets a message through at most once per interval, counting the rest.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(interval: Duration) -> Self {
+        RateLimit {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if a message may go out now (`n` were held back since the
+    /// last one), `None` if it must be held back.
+    pub(crate) fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_through_per_interval() {
+        let mut r = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(r.allow(), Some(2));
+    }
+
+    #[test]
+    fn per_connection_errors_are_recognised() {
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_per_connection(&aborted));
+        assert!(!is_per_connection(&emfile));
+    }
+}

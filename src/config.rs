@@ -1,0 +1,313 @@
+//! [`ServerBuilder`]: every knob of the server, each with its documented
+//! default, validated when the server starts.
+//!
+//! One setter per command-line flag of `poolserver` (contract §1), plus a
+//! few that only embedders need (a pre-bound listener, a custom service, a
+//! monitor sink, buffer and stack sizes).
+
+use std::fmt;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::service::{Service, Uppercase};
+
+/// What the acceptor does when the accept queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Wait for room. The acceptor stops calling `accept(2)`, so new
+    /// clients wait in the kernel's listen queue (back-pressure).
+    #[default]
+    Block,
+    /// Answer the new connection with one `BUSY …` line and close it.
+    Reject,
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Overflow::Block => "block",
+            Overflow::Reject => "reject",
+        })
+    }
+}
+
+/// How the monitor reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MonitorFormat {
+    /// One `key=value` log line (target `poolserver::monitor`, level info).
+    #[default]
+    Text,
+    /// One JSON object per line on standard output (or the sink given to
+    /// [`ServerBuilder::monitor_output`]); nothing in the log.
+    Json,
+}
+
+/// Configures and starts a [`Server`](crate::Server).
+///
+/// Obtained from [`Server::builder`](crate::Server::builder). Setters take
+/// and return the builder; nothing is checked or bound until
+/// [`start`](ServerBuilder::start).
+///
+/// Durations follow the command line's convention: `Duration::ZERO` turns a
+/// timeout (or the monitor) off.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use poolserver::{Overflow, Server};
+///
+/// # fn main() -> Result<(), poolserver::Error> {
+/// let server = Server::builder()
+///     .addr("127.0.0.1:0")          // any free port
+///     .workers(4)
+///     .backlog(64)
+///     .overflow(Overflow::Reject)
+///     .idle_timeout(Duration::from_secs(30))
+///     .monitor_interval(Duration::ZERO)
+///     .start()?;
+/// println!("listening on {}", server.local_addr());
+/// let stats = server.shutdown(Duration::from_secs(1));
+/// assert_eq!(stats.live, 0);
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    pub(crate) addr: String,
+    pub(crate) listener: Option<TcpListener>,
+    pub(crate) workers: usize,
+    pub(crate) backlog: usize,
+    pub(crate) listen_backlog: Option<usize>,
+    pub(crate) overflow: Overflow,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) min_rate: Option<(u64, Duration)>,
+    pub(crate) monitor_interval: Duration,
+    pub(crate) monitor_format: MonitorFormat,
+    pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) worker_stack_size: usize,
+}
+
+/// Default address: loopback only, so a server started by accident is not
+/// reachable from the network.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// Default accept-queue capacity.
+pub const DEFAULT_BACKLOG: usize = 1024;
+/// Default idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default write timeout.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time between monitor reports.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+/// Default grace period for live connections at shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default size of each worker's read buffer.
+pub const DEFAULT_READ_BUFFER: usize = 32 * 1024;
+/// Default worker stack size.
+///
+/// Workers keep their buffers on the heap, so the stack only needs room for
+/// the service's own frames and for unwinding (with a backtrace) out of a
+/// panicking one; 512 KiB is plenty for that and a quarter of std's 2 MiB
+/// default. Only touched pages cost memory either way.
+pub const DEFAULT_WORKER_STACK: usize = 512 * 1024;
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            addr: DEFAULT_ADDR.to_string(),
+            listener: None,
+            workers: num_cpus::get(),
+            backlog: DEFAULT_BACKLOG,
+            listen_backlog: None,
+            overflow: Overflow::Block,
+            queue_timeout: Duration::ZERO,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            min_rate: None,
+            monitor_interval: DEFAULT_MONITOR_INTERVAL,
+            monitor_format: MonitorFormat::Text,
+            monitor_output: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            service: Arc::new(Uppercase),
+            read_buffer_size: DEFAULT_READ_BUFFER,
+            worker_stack_size: DEFAULT_WORKER_STACK,
+        }
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("addr", &self.addr)
+            .field("listener", &self.listener)
+            .field("workers", &self.workers)
+            .field("backlog", &self.backlog)
+            .field("listen_backlog", &self.listen_backlog)
+            .field("overflow", &self.overflow)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("min_rate", &self.min_rate)
+            .field("monitor_interval", &self.monitor_interval)
+            .field("monitor_format", &self.monitor_format)
+            .field("monitor_output", &self.monitor_output.as_ref().map(|_| "<writer>"))
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("service", &self.service)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("worker_stack_size", &self.worker_stack_size)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with every default; the same as [`Server::builder`](crate::Server::builder).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The address to listen on, IPv4 or IPv6; port 0 picks a free port
+    /// (read it back with [`Server::local_addr`](crate::Server::local_addr)).
+    /// Defaults to `127.0.0.1:8080`.
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// Serve on a listener bound elsewhere (a test harness, socket
+    /// activation). The address and listen-backlog settings are then
+    /// ignored. Defaults to binding [`addr`](Self::addr).
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Size of the fixed worker pool; must be at least 1. Defaults to the
+    /// number of logical CPUs.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Capacity of the bounded accept queue between the acceptor and the
+    /// workers; must be at least 1. Defaults to 1024.
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// The kernel's `listen(2)` backlog (the kernel may cap it: on Linux at
+    /// `net.core.somaxconn`, which is logged as a warning). Defaults to the
+    /// accept-queue capacity.
+    pub fn listen_backlog(mut self, n: usize) -> Self {
+        self.listen_backlog = Some(n);
+        self
+    }
+
+    /// What to do when the accept queue is full. Defaults to
+    /// [`Overflow::Block`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// A connection that waited in the accept queue longer than this is
+    /// answered `BUSY` and closed when a worker reaches it, instead of being
+    /// served late. Defaults to zero: wait as long as it takes.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Close a connection whose client has sent nothing for this long,
+    /// freeing its worker. Defaults to 5 minutes; zero means never.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Close a connection whose client has not read anything for this
+    /// long while a reply waits to be sent. Defaults to 30 seconds; zero
+    /// means never (the shutdown deadline still ends such a write).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// A minimum data rate: while connections wait in the accept queue, a
+    /// client that sent fewer than `bytes` in the last `window` is closed to
+    /// free its worker (a defence against clients that trickle bytes to hold
+    /// a worker forever). `bytes == 0` or a zero window turns it off.
+    /// Defaults to off.
+    pub fn min_rate(mut self, bytes: u64, window: Duration) -> Self {
+        self.min_rate = (bytes > 0 && !window.is_zero()).then_some((bytes, window));
+        self
+    }
+
+    /// Time between monitor reports; zero turns the monitor off. Defaults
+    /// to 5 seconds.
+    pub fn monitor_interval(mut self, interval: Duration) -> Self {
+        self.monitor_interval = interval;
+        self
+    }
+
+    /// Format of monitor reports. Defaults to [`MonitorFormat::Text`].
+    pub fn monitor_format(mut self, format: MonitorFormat) -> Self {
+        self.monitor_format = format;
+        self
+    }
+
+    /// Where JSON monitor reports go. Defaults to standard output.
+    pub fn monitor_output(mut self, out: impl Write + Send + 'static) -> Self {
+        self.monitor_output = Some(Box::new(out));
+        self
+    }
+
+    /// Grace period used when the server is dropped without an explicit
+    /// [`Server::shutdown`](crate::Server::shutdown). Defaults to 10 seconds.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// What each worker does with a connection. Defaults to the uppercase
+    /// loop, [`Uppercase`].
+    pub fn service(mut self, service: impl Service) -> Self {
+        self.service = Arc::new(service);
+        self
+    }
+
+    /// Bytes read from a client at a time, per worker; must be at least 1.
+    /// Defaults to 32 KiB.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes;
+        self
+    }
+
+    /// Stack size of each worker thread. Defaults to 512 KiB.
+    pub fn worker_stack_size(mut self, bytes: usize) -> Self {
+        self.worker_stack_size = bytes;
+        self
+    }
+
+    /// Checks the settings that have limits.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.backlog == 0 {
+            return Err("backlog (the accept-queue capacity) must be at least 1".into());
+        }
+        if self.listen_backlog == Some(0) {
+            return Err("listen backlog must be at least 1".into());
+        }
+        if self.read_buffer_size == 0 {
+            return Err("read buffer size must be at least 1 byte".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The fixed pool of worker threads and the worker loop.
+//!
+//! Each worker owns a clone of the accept queue's receiver (crossbeam
+//! channels are multi-consumer, so no lock is shared) and its own buffers.
+//! It takes one connection, serves it from first byte to close, and takes
+//! the next. The loop ends when the acceptor has dropped the queue's sender
+//! and the queue is empty, which is how shutdown drains the pool.
+//!
+//! The pool never shrinks: a panic while serving is caught per connection,
+//! counted and logged, and the worker goes on to the next connection.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, error, info, warn};
+
+use crate::acceptor::Job;
+use crate::connection::{is_write_stall, lingering_close, Connection, End, Limits, Pressure};
+use crate::connection::{BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::service::{Buffers, Service};
+use crate::shutdown::Shutdown;
+use crate::stats::{BusyGuard, Counters};
+
+/// What every worker shares.
+#[derive(Debug)]
+pub(crate) struct PoolContext {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) limits: Limits,
+    /// `None` when connections may wait in the queue as long as it takes.
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) read_buffer_size: usize,
+}
+
+/// A running worker thread.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    id: usize,
+    thread: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Starts worker `id`. It reports on `ready` once running, and holds
+    /// `done` (never sending on it) until it exits, so that whoever waits on
+    /// `done`'s receiver learns when the whole pool has stopped.
+    pub(crate) fn spawn(
+        id: usize,
+        ctx: Arc<PoolContext>,
+        queue: Receiver<Job>,
+        stack_size: usize,
+        ready: Sender<()>,
+        done: Sender<()>,
+    ) -> io::Result<Worker> {
+        let thread = thread::Builder::new()
+            .name(format!("poolserver-worker-{id}"))
+            .stack_size(stack_size)
+            .spawn(move || {
+                let _done = done;
+                let _ = ready.send(());
+                drop(ready);
+                ctx.run(id, &queue);
+            })?;
+        Ok(Worker { id, thread })
+    }
+
+    /// Waits for the worker to finish its last connection and exit.
+    pub(crate) fn join(self) {
+        if self.thread.join().is_err() {
+            // Connections are served under `catch_unwind`; reaching this
+            // means the worker's own bookkeeping panicked.
+            error!("worker {} ended with a panic outside any connection", self.id);
+        }
+    }
+}
+
+impl Pressure for Receiver<Job> {
+    fn others_waiting(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl PoolContext {
+    /// The worker loop.
+    fn run(&self, id: usize, queue: &Receiver<Job>) {
+        let mut bufs = Buffers::new(self.read_buffer_size);
+        for job in queue.iter() {
+            self.handle(id, job, &mut bufs, queue);
+            if queue.is_empty() {
+                if let Some(lasted) = self.counters.end_saturation() {
+                    info!(
+                        "a worker is free again and nothing waits: saturation over after {}",
+                        humantime::format_duration(round_ms(lasted))
+                    );
+                }
+            }
+        }
+        debug!("worker {id} exiting: the accept queue is closed and empty");
+    }
+
+    /// Serves (or turns away) one connection, whatever happens inside.
+    fn handle(&self, id: usize, job: Job, bufs: &mut Buffers, queue: &Receiver<Job>) {
+        let waited = job.accepted_at.elapsed();
+        if self.shutdown.deadline_passed() {
+            // Contract §4: still queued at the deadline means closed unserved.
+            job.reject(BUSY_SHUTDOWN);
+            return;
+        }
+        if self.queue_timeout.is_some_and(|limit| waited > limit) {
+            debug!(
+                "{} waited {} in the accept queue; turning it away",
+                job.peer,
+                humantime::format_duration(round_ms(waited))
+            );
+            job.reject(BUSY_WAITED);
+            return;
+        }
+        self.counters.record_wait(waited);
+
+        // Declared before `stream` so they are dropped after it: the
+        // connection stays live, and the worker busy, until the socket is
+        // really closed.
+        let Job {
+            stream,
+            peer,
+            live: _live,
+            ..
+        } = job;
+        let _busy = BusyGuard::new(&self.counters);
+
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            self.serve(id, &stream, peer, bufs, queue)
+        }));
+        match served {
+            Ok(Ok(())) => lingering_close(stream, &mut bufs.input),
+            Ok(Err(e)) => {
+                let counter = if is_write_stall(&e) {
+                    warn!("{peer}: {e}; closing the connection");
+                    &self.counters.write_timeouts
+                } else {
+                    debug!("{peer}: connection ended with an error: {e}");
+                    &self.counters.io_errors
+                };
+                counter.fetch_add(1, Relaxed);
+                drop(stream);
+            }
+            Err(panic) => {
+                self.counters.panics.fetch_add(1, Relaxed);
+                error!(
+                    "worker {id}: the service panicked serving {peer}: {}; \
+                     that connection is closed, the worker goes on",
+                    panic_message(&*panic)
+                );
+                bufs.output.clear();
+                lingering_close(stream, &mut bufs.input);
+            }
+        }
+    }
+
+    fn serve(
+        &self,
+        id: usize,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        bufs: &mut Buffers,
+        queue: &Receiver<Job>,
+    ) -> io::Result<()> {
+        let io = self.counters.worker_io(id);
+        let mut conn = Connection::new(stream, peer, io, &self.shutdown, &self.limits, queue)?;
+        let result = self.service.serve(&mut conn, bufs);
+        match conn.end() {
+            Some(End::Idle) => {
+                self.counters.idle_timeouts.fetch_add(1, Relaxed);
+                debug!("{peer}: idle timeout; closing");
+            }
+            Some(End::TooSlow) => {
+                self.counters.slow_clients.fetch_add(1, Relaxed);
+                info!("{peer}: sent below the minimum data rate while others waited; closing");
+            }
+            _ => {}
+        }
+        result
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-text panic payload)")
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

@@ -1,0 +1,390 @@
+//! The server's counters, the guards that move them, and the [`Stats`]
+//! snapshot that users and the monitor read.
+//!
+//! Two rules keep the numbers honest:
+//!
+//! * Gauges (`busy`, `live`) change only through RAII guards
+//!   ([`BusyGuard`], [`LiveGuard`]), so a panic or an early return can never
+//!   leave them wrong.
+//! * `live` is never stored as its own number in a snapshot: it is derived
+//!   as `accepted - rejected - closed` from counters read in an order that
+//!   keeps it non-negative, so the contract's invariant holds by
+//!   construction at every report.
+//!
+//! Byte counters are per worker and cache-padded: they change on every
+//! read and write, and a shared counter would make the workers fight over
+//! one cache line.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// A consistent picture of the server at one moment.
+///
+/// The numbers satisfy the contract's invariants: `busy <= workers`,
+/// `queued <= backlog` and `live == accepted - rejected - closed`; when the
+/// server is idle `busy`, `queued` and `live` are all 0.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), poolserver::Error> {
+/// let server = poolserver::Server::builder()
+///     .addr("127.0.0.1:0")
+///     .workers(2)
+///     .monitor_interval(std::time::Duration::ZERO)
+///     .start()?;
+/// let stats = server.stats();
+/// assert_eq!((stats.workers, stats.busy, stats.live), (2, 0, 0));
+/// server.shutdown(std::time::Duration::ZERO);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Workers serving a connection now.
+    pub busy: usize,
+    /// Size of the worker pool.
+    pub workers: usize,
+    /// Accepted connections waiting in the accept queue.
+    pub queued: usize,
+    /// Capacity of the accept queue.
+    pub backlog: usize,
+    /// Connections accepted and not yet closed (waiting or being served).
+    pub live: u64,
+    /// Connections taken from the listener since start.
+    pub accepted: u64,
+    /// Of those, turned away with a `BUSY` line.
+    pub rejected: u64,
+    /// Of those, served and closed.
+    pub closed: u64,
+    /// Bytes read from clients since start.
+    pub bytes_in: u64,
+    /// Bytes written to clients since start.
+    pub bytes_out: u64,
+    /// Most workers busy at once since start.
+    pub peak_busy: usize,
+    /// Most connections waiting in the accept queue at once since start.
+    pub peak_queued: usize,
+    /// Most connections live at once since start.
+    pub peak_live: u64,
+    /// Connections whose service panicked (each was closed; the worker
+    /// went on).
+    pub panics: u64,
+    /// Connections closed because the client sent nothing for the idle
+    /// timeout.
+    pub idle_timeouts: u64,
+    /// Connections closed because the client sent too slowly (below the
+    /// minimum data rate).
+    pub slow_clients: u64,
+    /// Connections closed because the client stopped reading and a write
+    /// could not progress within the write timeout.
+    pub write_timeouts: u64,
+    /// Connections that ended with an I/O error (reset, broken pipe).
+    pub io_errors: u64,
+    /// Errors returned by `accept(2)` since start.
+    pub accept_errors: u64,
+    /// Median time connections waited in the accept queue, since start.
+    #[serde(serialize_with = "micros")]
+    pub wait_p50: Duration,
+    /// 99th percentile of the accept-queue wait, since start.
+    #[serde(serialize_with = "micros")]
+    pub wait_p99: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+/// Byte counters owned by one worker.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerIo {
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// Why a connection ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Served and closed (including every error case: it was served).
+    Closed,
+    /// Turned away with `BUSY` without being served.
+    Rejected,
+}
+
+/// Every counter the server keeps. Shared by all threads through an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    workers: usize,
+    backlog: usize,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    closed: AtomicU64,
+    /// Gauge of live connections; used only for its peak (the snapshot
+    /// derives `live` from the three counters above).
+    live: AtomicU64,
+    busy: AtomicUsize,
+    peak_busy: AtomicUsize,
+    peak_queued: AtomicUsize,
+    peak_live: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) slow_clients: AtomicU64,
+    pub(crate) write_timeouts: AtomicU64,
+    pub(crate) io_errors: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    io: Box<[CachePadded<WorkerIo>]>,
+    /// Accept-queue waits in microseconds. Recorded once per connection, so
+    /// a lock is cheap here; the monitor diffs two copies for its interval.
+    queue_wait: Mutex<Histogram<u64>>,
+    /// True while every worker is busy and connections wait (a saturation
+    /// episode); flipped only at the edges, so it is logged once each way.
+    saturated: AtomicBool,
+    saturated_since: Mutex<Option<Instant>>,
+}
+
+impl Counters {
+    pub(crate) fn new(workers: usize, backlog: usize) -> Self {
+        Counters {
+            workers,
+            backlog,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            live: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            peak_busy: AtomicUsize::new(0),
+            peak_queued: AtomicUsize::new(0),
+            peak_live: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
+            slow_clients: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            io: (0..workers).map(|_| CachePadded::default()).collect(),
+            queue_wait: Mutex::new(new_wait_histogram()),
+            saturated: AtomicBool::new(false),
+            saturated_since: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub(crate) fn busy(&self) -> usize {
+        self.busy.load(Relaxed)
+    }
+
+    /// The byte counters of worker `id`.
+    pub(crate) fn worker_io(&self, id: usize) -> &WorkerIo {
+        &self.io[id]
+    }
+
+    pub(crate) fn note_queued(&self, queued: usize) {
+        self.peak_queued.fetch_max(queued, Relaxed);
+    }
+
+    pub(crate) fn record_wait(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.queue_wait.lock().saturating_record(us.max(1));
+    }
+
+    /// Marks the start of a saturation episode; true only for the call
+    /// that started it (so the caller logs it once).
+    pub(crate) fn begin_saturation(&self) -> bool {
+        if self.saturated.load(Relaxed) || self.saturated.swap(true, Relaxed) {
+            return false;
+        }
+        *self.saturated_since.lock() = Some(Instant::now());
+        true
+    }
+
+    /// Ends a saturation episode if one is on, returning how long it lasted.
+    pub(crate) fn end_saturation(&self) -> Option<Duration> {
+        if !self.saturated.load(Relaxed) || !self.saturated.swap(false, Relaxed) {
+            return None;
+        }
+        Some(self.saturated_since.lock().take().map_or(Duration::ZERO, |t| t.elapsed()))
+    }
+
+    /// A copy of the queue-wait histogram since start.
+    pub(crate) fn wait_histogram(&self) -> Histogram<u64> {
+        self.queue_wait.lock().clone()
+    }
+
+    /// Takes a snapshot; `queued` comes from the accept queue itself.
+    pub(crate) fn snapshot(&self, queued: usize) -> Stats {
+        // Order matters: a connection is counted in `accepted` before it can
+        // be counted in `closed` or `rejected`, so reading those two first
+        // and `accepted` last keeps `live` from going negative.
+        let closed = self.closed.load(std::sync::atomic::Ordering::Acquire);
+        let rejected = self.rejected.load(std::sync::atomic::Ordering::Acquire);
+        let accepted = self.accepted.load(std::sync::atomic::Ordering::Acquire);
+        let live = accepted - rejected - closed;
+        let busy = self.busy.load(Relaxed).min(self.workers);
+        let queued = queued.min(self.backlog);
+        let (bytes_in, bytes_out) = self.io.iter().fold((0, 0), |(i, o), w| {
+            (i + w.bytes_in.load(Relaxed), o + w.bytes_out.load(Relaxed))
+        });
+        let (wait_p50, wait_p99) = {
+            let h = self.queue_wait.lock();
+            (percentile(&h, 50.0), percentile(&h, 99.0))
+        };
+        Stats {
+            busy,
+            workers: self.workers,
+            queued,
+            backlog: self.backlog,
+            live,
+            accepted,
+            rejected,
+            closed,
+            bytes_in,
+            bytes_out,
+            peak_busy: self.peak_busy.load(Relaxed).max(busy),
+            peak_queued: self.peak_queued.load(Relaxed).max(queued),
+            peak_live: self.peak_live.load(Relaxed).max(live),
+            panics: self.panics.load(Relaxed),
+            idle_timeouts: self.idle_timeouts.load(Relaxed),
+            slow_clients: self.slow_clients.load(Relaxed),
+            write_timeouts: self.write_timeouts.load(Relaxed),
+            io_errors: self.io_errors.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            wait_p50,
+            wait_p99,
+        }
+    }
+}
+
+/// A histogram of microseconds from 1 µs to one hour, 2 significant digits.
+pub(crate) fn new_wait_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds are valid")
+}
+
+/// The `q`th percentile of a microsecond histogram (zero when empty).
+pub(crate) fn percentile(h: &Histogram<u64>, q: f64) -> Duration {
+    if h.is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_micros(h.value_at_percentile(q))
+    }
+}
+
+/// Counts one accepted connection for as long as it lives.
+///
+/// Created by the acceptor the moment `accept(2)` returns; travels with the
+/// connection through the queue and into a worker; its `Drop` counts the
+/// connection as closed or rejected. Whatever path a connection takes
+/// (served, turned away, dropped by a panic, left in the queue at
+/// shutdown), it is counted exactly once.
+#[derive(Debug)]
+pub(crate) struct LiveGuard {
+    counters: Arc<Counters>,
+    outcome: Outcome,
+}
+
+impl LiveGuard {
+    pub(crate) fn new(counters: &Arc<Counters>) -> Self {
+        counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let live = counters.live.fetch_add(1, Relaxed) + 1;
+        counters.peak_live.fetch_max(live, Relaxed);
+        LiveGuard {
+            counters: Arc::clone(counters),
+            outcome: Outcome::Closed,
+        }
+    }
+
+    /// Marks the connection as turned away rather than served.
+    pub(crate) fn set_rejected(&mut self) {
+        self.outcome = Outcome::Rejected;
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.counters.live.fetch_sub(1, Relaxed);
+        let counter = match self.outcome {
+            Outcome::Closed => &self.counters.closed,
+            Outcome::Rejected => &self.counters.rejected,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Counts one worker as busy for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct BusyGuard<'a> {
+    counters: &'a Counters,
+}
+
+impl<'a> BusyGuard<'a> {
+    pub(crate) fn new(counters: &'a Counters) -> Self {
+        let busy = counters.busy.fetch_add(1, Relaxed) + 1;
+        counters.peak_busy.fetch_max(busy, Relaxed);
+        BusyGuard { counters }
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.counters.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_keep_live_and_busy_exact() {
+        let c = Arc::new(Counters::new(2, 4));
+        let a = LiveGuard::new(&c);
+        let mut b = LiveGuard::new(&c);
+        let s = c.snapshot(1);
+        assert_eq!((s.accepted, s.live, s.peak_live), (2, 2, 2));
+        {
+            let _busy = BusyGuard::new(&c);
+            assert_eq!(c.snapshot(0).busy, 1);
+        }
+        b.set_rejected();
+        drop(b);
+        drop(a);
+        let s = c.snapshot(0);
+        assert_eq!((s.accepted, s.rejected, s.closed, s.live, s.busy), (2, 1, 1, 0, 0));
+        assert_eq!((s.peak_busy, s.peak_live), (1, 2));
+    }
+
+    #[test]
+    fn guards_count_through_a_panic() {
+        let c = Arc::new(Counters::new(1, 1));
+        let c2 = Arc::clone(&c);
+        let r = std::panic::catch_unwind(move || {
+            let _live = LiveGuard::new(&c2);
+            let _busy = BusyGuard::new(&c2);
+            panic!("boom");
+        });
+        assert!(r.is_err());
+        let s = c.snapshot(0);
+        assert_eq!((s.live, s.busy, s.closed), (0, 0, 1));
+    }
+
+    #[test]
+    fn wait_percentiles() {
+        let c = Counters::new(1, 1);
+        assert_eq!(c.snapshot(0).wait_p50, Duration::ZERO);
+        for ms in 1..=100 {
+            c.record_wait(Duration::from_millis(ms));
+        }
+        let s = c.snapshot(0);
+        let p50 = s.wait_p50.as_millis();
+        assert!((49..=51).contains(&p50), "{p50}");
+        assert!(s.wait_p99 >= Duration::from_millis(98));
+    }
+}
