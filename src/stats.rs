@@ -365,11 +365,11 @@ mod tests {
     fn guards_count_through_a_panic() {
         let c = Arc::new(Counters::new(1, 1));
         let c2 = Arc::clone(&c);
-        let r = std::panic::catch_unwind(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _live = LiveGuard::new(&c2);
             let _busy = BusyGuard::new(&c2);
             panic!("boom");
-        });
+        }));
         assert!(r.is_err());
         let s = c.snapshot(0);
         assert_eq!((s.live, s.busy, s.closed), (0, 0, 1));

@@ -1,1 +1,19 @@
+//! The integration tests: one test binary (it links once), one module per
+//! concern. Every test starts a real server on 127.0.0.1 port 0 — through
+//! the library API or as the built binary — and talks to it over real
+//! sockets.
 
+mod support;
+
+/// The uppercase protocol over real sockets (contract §2).
+mod protocol;
+/// Occupancy, overflow, timeouts and panics in the worker pool (§1, §3).
+mod pool;
+/// Graceful shutdown through the library API (§4).
+mod shutdown;
+/// The `poolserver` binary: flags, exit codes, signals, monitor (§1, §3, §4).
+mod cli;
+/// The `poolclient` binary (§5).
+mod client;
+/// The `poolload` load generator (§6).
+mod load;
