@@ -1,1 +1,102 @@
-//! placeholder
+//! Graceful shutdown through the library API (contract §4): the drain, the
+//! deadline, what happens to served and queued connections, and `Drop`.
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{self, connect, read_n, read_to_close, round_trip, served_client, wait_until};
+
+/// Without the read slices in `Connection`, a worker blocked reading a
+/// silent client would hold shutdown until the idle timeout (5 minutes).
+#[test]
+fn the_deadline_ends_a_worker_blocked_on_a_silent_client() {
+    let server = support::server(1);
+    let mut c = connect(server.local_addr());
+    // `exi` may still become `exit`, so it is held back...
+    round_trip(&mut c, b"held\nexi", b"HELD\n");
+    let start = Instant::now();
+    let stats = server.shutdown(Duration::from_millis(300));
+    // ...and answered at the deadline, as at end of stream.
+    assert_eq!(read_to_close(&mut c), b"EXI");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Deadline + one poll slice + the lingering close's 2 s at most.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!((stats.live, stats.busy, stats.closed, stats.accepted), (0, 0, 1, 1));
+}
+
+#[test]
+fn shutdown_returns_as_soon_as_the_work_is_done() {
+    let server = support::server(1);
+    let addr = server.local_addr();
+    let holder = served_client(addr);
+    let mut queued = connect(addr);
+    queued.write_all(b"queued\n").unwrap();
+    wait_until("queued", || server.stats().queued == 1);
+
+    let stopper = thread::spawn(move || {
+        let start = Instant::now();
+        (server.shutdown(Duration::from_secs(60)), start.elapsed())
+    });
+    // New connections are refused once shutdown has begun.
+    wait_until("the listener is closed", || {
+        TcpStream::connect(addr).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    });
+    // Workers keep taking queued connections during the grace period.
+    let mut holder = holder;
+    holder.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut holder), b"");
+    assert_eq!(read_n(&mut queued, 7), b"QUEUED\n");
+    queued.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut queued), b"");
+
+    let (stats, took) = stopper.join().unwrap();
+    assert!(took < Duration::from_secs(30), "did not wait out the grace: {took:?}");
+    // A probe that connected before the listener closed was served too
+    // (it sent nothing and closed), hence `>=`.
+    assert!(stats.accepted >= 2, "{stats:?}");
+    assert_eq!((stats.closed, stats.rejected, stats.live), (stats.accepted, 0, 0));
+}
+
+#[test]
+fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
+    let server = support::server(1);
+    let addr = server.local_addr();
+    let mut holder = served_client(addr);
+    let mut queued = connect(addr);
+    queued.write_all(b"too late\n").unwrap();
+    wait_until("queued", || server.stats().queued == 1);
+    let stats = server.shutdown(Duration::from_millis(200));
+    assert_eq!(read_to_close(&mut holder), b"");
+    let answer = String::from_utf8(read_to_close(&mut queued)).unwrap();
+    assert_eq!(answer, "BUSY server shutting down\n");
+    assert_eq!((stats.accepted, stats.closed, stats.rejected, stats.live), (2, 1, 1, 0));
+}
+
+#[test]
+fn dropping_the_server_begins_shutdown_without_blocking() {
+    let server = support::builder()
+        .workers(1)
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let mut c = served_client(addr);
+    let start = Instant::now();
+    drop(server);
+    assert!(start.elapsed() < Duration::from_millis(500), "Drop blocked");
+    // The threads finish on their own: the client is closed at the deadline.
+    assert_eq!(read_to_close(&mut c), b"");
+    wait_until("the listener is closed", || TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn shutdown_of_an_idle_server_is_immediate() {
+    let server = support::server(4);
+    let start = Instant::now();
+    let stats = server.shutdown(Duration::from_secs(60));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!((stats.accepted, stats.live, stats.busy), (0, 0, 0));
+}
