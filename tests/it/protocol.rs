@@ -180,3 +180,15 @@ fn a_reset_client_does_not_disturb_others() {
     let s = server.stats();
     assert_eq!((s.accepted, s.closed, s.rejected), (4, 4, 0));
 }
+
+#[test]
+fn byte_counters_are_exact() {
+    let server = support::server(1);
+    let mut c = connect(server.local_addr());
+    round_trip(&mut c, "ßß\n".as_bytes(), b"SSSS\n"); // 5 bytes in, 5 out
+    round_trip(&mut c, b"abc", b"ABC");
+    c.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"");
+    let s = server.shutdown(std::time::Duration::from_secs(5));
+    assert_eq!((s.bytes_in, s.bytes_out), (5 + 3 + 5, 5 + 3));
+}
