@@ -29,6 +29,8 @@
 //! | what a worker runs | [`Service`], [`Uppercase`] (`service.rs`) |
 //! | the counters | [`Stats`] (`stats.rs`) |
 //! | the periodic report | `monitor.rs` |
+//! | the `poolclient` conversation | [`client`] |
+//! | the `poolload` drivers, reply check and report | [`load`] |
 //!
 //! # Example
 //!
@@ -61,9 +63,11 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod acceptor;
+pub mod client;
 mod config;
 mod connection;
 mod error;
+pub mod load;
 mod monitor;
 mod pool;
 pub mod protocol;

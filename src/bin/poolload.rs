@@ -1,1 +1,230 @@
-fn main() {}
+//! `poolload` (contract §6): a load generator that checks every reply byte
+//! for byte. This file owns the command line, the progress bar and the exit
+//! codes; the connections, the check and the report are
+//! `poolserver::load`.
+//!
+//! Exit codes: 0 when every reply was right and nothing failed; 1 for a
+//! wrong reply, a connection error, a run cut by its deadline, or (with
+//! `--fail-on-unserved`) a connection that was never served; 2 for bad
+//! usage (clap).
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use poolserver::load::{self, Expect, Live, LoadConfig, Mode, Report};
+
+/// Load generator for poolserver: opens C connections, sends messages of
+/// BYTES bytes (lowercase letters and digits ending in a newline), checks
+/// every reply byte for byte, and reports round trips per second,
+/// throughput and latency percentiles.
+///
+/// Modes: pingpong sends a message and waits for its reply (with
+/// --pipeline K in flight); bulk streams --bulk-mib MiB per connection
+/// while reading the replies at the same time; connect runs whole
+/// conversations (connect, one round trip, quit, close) in a loop.
+///
+/// A connection that never gets a reply within the run (it waits in the
+/// server's accept queue) is closed at the end and reported as
+/// never_served. Throughput is in MB/s, where MB = 10^6 bytes. Latencies
+/// are in microseconds.
+///
+/// Durations take a unit (250ms, 10s, 1m); a bare number means seconds.
+/// Every flag can also be set through the environment variable shown.
+///
+/// Exit status: 0 when every reply was right and nothing failed; 1 for a
+/// wrong reply, an error, a run cut by --deadline, or an unserved
+/// connection with --fail-on-unserved; 2 for bad usage.
+#[derive(Parser, Debug)]
+#[command(name = "poolload", version, about, long_about)]
+struct Args {
+    /// Address of the server, HOST:PORT
+    #[arg(short, long, env = "POOLLOAD_ADDR", default_value = poolserver::DEFAULT_ADDR)]
+    addr: String,
+
+    /// Concurrent connections (connect mode: concurrent connect loops)
+    #[arg(short, long, env = "POOLLOAD_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
+
+    /// Message size in bytes, including the trailing newline (2 to 16 MiB)
+    #[arg(short, long, env = "POOLLOAD_SIZE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(2..=16 * 1024 * 1024))]
+    size: u32,
+
+    /// How long to measure (after --warmup)
+    #[arg(short, long, env = "POOLLOAD_DURATION", default_value = "10s",
+          value_parser = load::parse_positive_duration)]
+    duration: Duration,
+
+    /// Round trips per connection (connect mode: cycles per loop); the run
+    /// ends when all are done instead of after --duration
+    #[arg(short = 'n', long, env = "POOLLOAD_MESSAGES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    messages: Option<u64>,
+
+    /// Messages in flight per connection (pingpong)
+    #[arg(long, env = "POOLLOAD_PIPELINE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pipeline: u32,
+
+    /// Give up on a connect attempt after this long (counted as an error)
+    #[arg(long, env = "POOLLOAD_CONNECT_TIMEOUT", default_value = "5s",
+          value_parser = load::parse_positive_duration)]
+    connect_timeout: Duration,
+
+    /// Run this long before measuring; round trips in it are not counted
+    #[arg(long, env = "POOLLOAD_WARMUP", default_value = "0", value_parser = load::parse_duration)]
+    warmup: Duration,
+
+    /// Hard cap on the whole run; when it passes every connection stops and
+    /// the report says the run was cut [default: duration + warmup + 30s]
+    #[arg(long, env = "POOLLOAD_DEADLINE", value_parser = load::parse_positive_duration)]
+    deadline: Option<Duration>,
+
+    /// What each connection does
+    #[arg(long, env = "POOLLOAD_MODE", value_enum, default_value_t = Mode::Pingpong)]
+    mode: Mode,
+
+    /// Bulk mode: MiB streamed per connection
+    #[arg(long, env = "POOLLOAD_BULK_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    bulk_mib: u64,
+
+    /// What a correct reply is: the uppercase of the message, or the
+    /// message itself (for a server run with --service echo)
+    #[arg(long, env = "POOLLOAD_EXPECT", value_enum, default_value_t = Expect::Upper)]
+    expect: Expect,
+
+    /// Print exactly one JSON line on stdout (and nothing else there)
+    #[arg(long, env = "POOLLOAD_JSON")]
+    json: bool,
+
+    /// No progress bar
+    #[arg(short, long, env = "POOLLOAD_QUIET")]
+    quiet: bool,
+
+    /// Exit 1 if any connection was never served or was rejected with BUSY
+    #[arg(long, env = "POOLLOAD_FAIL_ON_UNSERVED")]
+    fail_on_unserved: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = LoadConfig {
+        addr: args.addr.clone(),
+        connections: args.connections as usize,
+        size: args.size as usize,
+        duration: args.duration,
+        messages: args.messages,
+        pipeline: args.pipeline as usize,
+        connect_timeout: args.connect_timeout,
+        warmup: args.warmup,
+        deadline: args.deadline,
+        mode: args.mode,
+        bulk_bytes: args.bulk_mib << 20,
+        expect: args.expect,
+    };
+
+    let live = Live::default();
+    let show_bar = !args.json && !args.quiet && io::stderr().is_terminal();
+    let finished = AtomicBool::new(false);
+    let result = thread::scope(|s| {
+        if show_bar {
+            s.spawn(|| progress_bar(&cfg, &live, &finished));
+        }
+        let result = load::run(&cfg, &live);
+        finished.store(true, Relaxed);
+        result
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "poolload: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    print_report(&report, args.json);
+
+    let mut problems = Vec::new();
+    if let Some(summary) = report.failure_summary() {
+        problems.push(summary);
+    }
+    if args.fail_on_unserved && (report.never_served > 0 || report.rejected > 0) {
+        problems.push(format!(
+            "{} connections never served and {} rejected with BUSY (--fail-on-unserved)",
+            report.never_served, report.rejected
+        ));
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        let _ = writeln!(io::stderr(), "poolload: FAILED: {}", problems.join("; "));
+        ExitCode::FAILURE
+    }
+}
+
+fn print_report(report: &Report, json: bool) {
+    let text = if json {
+        match serde_json::to_string(report) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = writeln!(io::stderr(), "poolload: cannot encode the report: {e}");
+                return;
+            }
+        }
+    } else {
+        report.to_string()
+    };
+    // A closed stdout (`poolload | head -1`) is not worth a panic.
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+/// Draws on stderr until the run is over: elapsed time against the
+/// measured time for a timed run, or counts against the totals.
+fn progress_bar(cfg: &LoadConfig, live: &Live, finished: &AtomicBool) {
+    let c = cfg.connections as u64;
+    let (len, by_count) = match (cfg.mode, cfg.messages) {
+        (Mode::Bulk, _) => (c * cfg.bulk_bytes, true),
+        (_, Some(n)) => (c * n, true),
+        (_, None) => (millis(cfg.warmup + cfg.duration), false),
+    };
+    let style = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{wide_bar}] {percent:>3}% {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar =
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style);
+    let start = Instant::now();
+    while !finished.load(Relaxed) {
+        let rt = live.round_trips.load(Relaxed);
+        let bytes = live.bytes.load(Relaxed);
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        let pos = match (by_count, cfg.mode) {
+            (true, Mode::Bulk) => bytes,
+            (true, _) => rt,
+            (false, _) => millis(start.elapsed()),
+        };
+        bar.set_position(pos.min(len));
+        bar.set_message(format!(
+            "{rt} rt, {:.0} rt/s, {:.1} MB/s, {} wrong, {} errors",
+            rt as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            live.wrong.load(Relaxed),
+            live.errors.load(Relaxed)
+        ));
+        thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
