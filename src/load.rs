@@ -672,7 +672,7 @@ fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>) -> Report
             None => examples.push((msg.clone(), 1)),
         }
     }
-    examples.sort_by(|a, b| b.1.cmp(&a.1));
+    examples.sort_by_key(|e| std::cmp::Reverse(e.1));
     let error_examples = examples
         .into_iter()
         .take(MAX_EXAMPLES)

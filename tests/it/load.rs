@@ -1,1 +1,376 @@
-//! placeholder
+//! The `poolload` binary (contract §6) against servers started in-process on
+//! 127.0.0.1 port 0: exact round-trip counts in every mode, a deliberately
+//! wrong server caught byte for byte, unserved connections reported (not
+//! hidden, not hanging), deadlines, and the exit codes. The server's own
+//! counters cross-check what poolload says it did.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use poolserver::protocol::{Feed, Uppercaser};
+use poolserver::{Buffers, Connection, Echo, Overflow, Service};
+use serde_json::Value;
+
+use crate::support;
+
+/// Runs `poolload --addr ADDR --json -q ARGS…` to completion. poolload
+/// bounds itself (`--deadline`), so `output()` cannot hang for long.
+fn poolload(addr: SocketAddr, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolload"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("POOLLOAD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["--addr", &addr.to_string(), "--json", "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run poolload")
+}
+
+/// The one JSON line of a `--json` run.
+fn report(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "--json prints exactly one line; stdout: {stdout:?}, stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim_end()).expect("stdout is one JSON object")
+}
+
+fn num(r: &Value, key: &str) -> u64 {
+    r[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is an integer in {r}"))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A report with every reply right and nothing failed.
+fn assert_clean(out: &Output, r: &Value) {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+    assert_eq!(num(r, "wrong_replies"), 0, "{r}");
+    assert_eq!(num(r, "errors"), 0, "{r}");
+    assert_eq!(num(r, "never_served"), 0, "{r}");
+    assert_eq!(r["cut_by_deadline"], false, "{r}");
+}
+
+#[test]
+fn pingpong_counts_every_round_trip() {
+    let server = support::server(4);
+    let out = poolload(server.local_addr(), &["-n", "200", "-c", "4"]);
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(r["mode"], "pingpong");
+    assert_eq!(num(&r, "round_trips"), 800);
+    assert_eq!((num(&r, "fewest_rt"), num(&r, "most_rt")), (200, 200));
+    assert_eq!(num(&r, "bytes_verified"), 800 * 64);
+    assert!(num(&r, "p50_us") <= num(&r, "p99_us") && num(&r, "p99_us") <= num(&r, "max_us"));
+    assert!(num(&r, "max_us") > 0 && num(&r, "first_reply_max_us") > 0);
+    for key in [
+        "connections",
+        "rt_per_sec",
+        "mb_per_sec",
+        "p90_us",
+        "p999_us",
+        "duration_s",
+        "connects_per_sec",
+    ] {
+        assert!(r[key].is_number(), "{key} in {r}");
+    }
+    assert!(r["rt_per_sec"].as_f64().unwrap() > 0.0);
+    // What the server saw: four connections, 200 messages and a `quit`
+    // each, every reply byte sent.
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.accepted, 4);
+    assert_eq!(stats.closed, 4);
+    assert_eq!(stats.bytes_in, 4 * (200 * 64 + 5));
+    assert_eq!(stats.bytes_out, 4 * 200 * 64);
+}
+
+#[test]
+fn pipelining_gives_the_same_count() {
+    let server = support::server(2);
+    let out = poolload(
+        server.local_addr(),
+        &["-n", "200", "-c", "4", "--pipeline", "4", "-s", "100"],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(num(&r, "round_trips"), 800);
+    assert_eq!(num(&r, "pipeline"), 4);
+    assert_eq!(num(&r, "bytes_verified"), 800 * 100);
+    assert_eq!(server.shutdown(Duration::from_secs(5)).bytes_out, 800 * 100);
+}
+
+#[test]
+fn timed_run_with_warmup_counts_only_the_measured_part() {
+    let server = support::server(2);
+    let out = poolload(
+        server.local_addr(),
+        &["-c", "2", "-d", "300ms", "--warmup", "100ms", "-s", "2"],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    let rts = num(&r, "round_trips");
+    assert!(rts > 0, "{r}");
+    let secs = r["duration_s"].as_f64().unwrap();
+    assert!((0.25..=0.4).contains(&secs), "{r}");
+    // Warm-up round trips reached the server but are not counted.
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert!(
+        stats.bytes_out / 2 > rts,
+        "{} replies vs {rts}",
+        stats.bytes_out / 2
+    );
+}
+
+#[test]
+fn bulk_verifies_every_byte() {
+    let server = support::server(2);
+    let out = poolload(
+        server.local_addr(),
+        &["--mode", "bulk", "--bulk-mib", "2", "-c", "2", "-s", "100"],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(r["mode"], "bulk");
+    assert_eq!(num(&r, "bytes_verified"), 2 * (2 << 20));
+    // Whole 100-byte lines per connection (the last one is cut short).
+    assert_eq!(num(&r, "round_trips"), 2 * ((2 << 20) / 100));
+    assert!(r["mb_per_sec"].as_f64().unwrap() > 0.0);
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.bytes_in, 2 * (2 << 20));
+    assert_eq!(stats.bytes_out, 2 * (2 << 20));
+}
+
+#[test]
+fn connect_mode_counts_whole_cycles() {
+    let server = support::server(2);
+    let out = poolload(
+        server.local_addr(),
+        &["--mode", "connect", "-n", "20", "-c", "2"],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(num(&r, "round_trips"), 40);
+    assert_eq!((num(&r, "fewest_rt"), num(&r, "most_rt")), (20, 20));
+    assert!(r["connects_per_sec"].as_f64().unwrap() > 0.0);
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.accepted, stats.closed), (40, 40));
+}
+
+#[test]
+fn echo_server_passes_with_expect_echo() {
+    let server = support::builder().workers(2).service(Echo).start().unwrap();
+    let out = poolload(
+        server.local_addr(),
+        &["-n", "50", "-c", "2", "--expect", "echo"],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(num(&r, "round_trips"), 100);
+    assert_eq!(r["expect"], "echo");
+}
+
+#[test]
+fn uppercase_replies_are_wrong_for_expect_echo() {
+    let server = support::server(1);
+    let out = poolload(
+        server.local_addr(),
+        &["-n", "10", "-c", "1", "--expect", "echo"],
+    );
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    // All ten replies, plus the missing echo of `quit`.
+    assert_eq!(num(&r, "wrong_replies"), 11, "{r}");
+    assert!(stderr(&out).contains("wrong replies"), "{}", stderr(&out));
+}
+
+/// The uppercase loop with one byte of every fifth reply changed.
+#[derive(Debug, Default)]
+struct Corrupting {
+    replies: AtomicU64,
+}
+
+impl Service for Corrupting {
+    fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
+        let mut upper = Uppercaser::new();
+        loop {
+            let n = conn.read(&mut bufs.input)?;
+            bufs.output.clear();
+            if n == 0 {
+                upper.finish(&mut bufs.output);
+                return conn.write_all(&bufs.output);
+            }
+            let verdict = upper.feed(&bufs.input[..n], &mut bufs.output);
+            if !bufs.output.is_empty() && self.replies.fetch_add(1, Ordering::Relaxed) % 5 == 4 {
+                bufs.output[0] ^= 0x01;
+            }
+            conn.write_all(&bufs.output)?;
+            if verdict == Feed::Exit {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[test]
+fn corrupted_replies_fail_the_run() {
+    let server = support::builder()
+        .workers(1)
+        .service(Corrupting::default())
+        .start()
+        .unwrap();
+    let out = poolload(server.local_addr(), &["-n", "50", "-c", "1"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    // Corruption keeps lengths, so every round trip completed. With one
+    // message in flight each server read is one whole 64-byte message (one
+    // segment on loopback), so replies 5, 10, …, 50 were the bad ones.
+    assert_eq!(num(&r, "round_trips"), 50);
+    assert_eq!(num(&r, "wrong_replies"), 10, "{r}");
+    assert_eq!(num(&r, "errors"), 0, "{r}");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("poolload: FAILED: ") && err.contains("wrong"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unserved_connection_is_reported_not_waited_for() {
+    let server = support::server(1);
+    let addr = server.local_addr();
+    // Holds the only worker for the whole test.
+    let _held = support::served_client(addr);
+
+    let out = poolload(addr, &["-c", "1", "-d", "500ms"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert_eq!(num(&r, "round_trips"), 0, "{r}");
+    assert_eq!((num(&r, "errors"), num(&r, "wrong_replies")), (0, 0));
+    assert_eq!(r["cut_by_deadline"], false);
+    assert_eq!(num(&r, "first_reply_max_us"), 0);
+
+    let out = poolload(addr, &["-c", "1", "-d", "300ms", "--fail-on-unserved"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert!(stderr(&out).contains("never served"), "{}", stderr(&out));
+}
+
+#[test]
+fn served_and_unserved_connections_are_told_apart() {
+    // Two connections, one worker: whichever the acceptor hands over first
+    // is served for the whole run, the other waits in the queue.
+    let server = support::server(1);
+    let out = poolload(server.local_addr(), &["-c", "2", "-d", "400ms"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert_eq!(num(&r, "fewest_rt"), 0, "{r}");
+    assert_eq!(num(&r, "most_rt"), num(&r, "round_trips"), "{r}");
+    assert!(num(&r, "round_trips") > 0, "{r}");
+}
+
+#[test]
+fn deadline_cuts_a_run_that_cannot_finish() {
+    let server = support::server(1);
+    let addr = server.local_addr();
+    let _held = support::served_client(addr);
+    // A count-bound run never ends on its own while the worker is held.
+    let out = poolload(addr, &["-c", "1", "-n", "5", "--deadline", "400ms"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r["cut_by_deadline"], true, "{r}");
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert!(stderr(&out).contains("--deadline"), "{}", stderr(&out));
+}
+
+#[test]
+fn busy_rejection_is_reported_as_rejected() {
+    let server = support::builder()
+        .workers(1)
+        .backlog(1)
+        .overflow(Overflow::Reject)
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let _held = support::served_client(addr);
+    let _queued = support::connect(addr);
+    support::wait_until("the queue is full", || server.stats().queued == 1);
+    let out = poolload(addr, &["-c", "1", "-d", "300ms"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(num(&r, "rejected"), 1, "{r}");
+    assert_eq!((num(&r, "wrong_replies"), num(&r, "errors")), (0, 0), "{r}");
+    let out = poolload(addr, &["-c", "1", "-d", "300ms", "--fail-on-unserved"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn refused_connections_are_errors_with_a_hint() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = poolload(addr, &["-c", "3", "-d", "1s"]);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(num(&r, "errors"), 3, "{r}");
+    assert_eq!(num(&r, "round_trips"), 0);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("3 errors") && err.contains("is poolserver running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn text_report_and_bad_usage() {
+    let server = support::server(1);
+    let out = Command::new(env!("CARGO_BIN_EXE_poolload"))
+        .args([
+            "--addr",
+            &server.local_addr().to_string(),
+            "-n",
+            "10",
+            "-c",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("round trips    10 "), "{text}");
+    assert!(text.contains("p99.9"), "{text}");
+    // Not a terminal: no progress bar on stderr.
+    assert_eq!(stderr(&out), "");
+
+    for bad in [
+        &["--size", "1"][..],
+        &["--mode", "sideways"],
+        &["-d", "soon"],
+        &["--pipeline", "0"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_poolload"))
+            .args(bad)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+}
