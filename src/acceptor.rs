@@ -216,7 +216,9 @@ impl Acceptor {
     }
 
     fn next_backoff(&mut self) -> Duration {
-        let next = self.backoff.map_or(MIN_BACKOFF, |d| (d * 2).min(MAX_BACKOFF));
+        let next = self
+            .backoff
+            .map_or(MIN_BACKOFF, |d| (d * 2).min(MAX_BACKOFF));
         self.backoff = Some(next);
         next
     }

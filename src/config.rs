@@ -155,7 +155,10 @@ impl fmt::Debug for ServerBuilder {
             .field("min_rate", &self.min_rate)
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_format", &self.monitor_format)
-            .field("monitor_output", &self.monitor_output.as_ref().map(|_| "<writer>"))
+            .field(
+                "monitor_output",
+                &self.monitor_output.as_ref().map(|_| "<writer>"),
+            )
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("service", &self.service)
             .field("read_buffer_size", &self.read_buffer_size)

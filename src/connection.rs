@@ -254,7 +254,10 @@ pub(crate) fn is_write_stall(e: &io::Error) -> bool {
 /// A socket timeout surfaces as `WouldBlock` on Unix and `TimedOut` on
 /// Windows.
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Closes a served connection without destroying replies in flight: send
@@ -304,7 +307,8 @@ pub(crate) fn turn_away(stream: &TcpStream, line: &[u8]) {
 }
 
 /// `--overflow reject` with a full accept queue.
-pub(crate) const BUSY_FULL: &[u8] = b"BUSY server at capacity (accept queue full); try again later\n";
+pub(crate) const BUSY_FULL: &[u8] =
+    b"BUSY server at capacity (accept queue full); try again later\n";
 /// Waited in the queue longer than `--queue-timeout`.
 pub(crate) const BUSY_WAITED: &[u8] = b"BUSY waited too long for a worker; try again later\n";
 /// Still queued when the shutdown deadline passed.

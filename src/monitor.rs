@@ -152,7 +152,11 @@ impl Monitor {
             rate(stats.bytes_out, prev.stats.bytes_out),
         ];
         let report = Report::new(&stats, per_s, &interval_waits, last);
-        *prev = Previous { at: now, stats, waits };
+        *prev = Previous {
+            at: now,
+            stats,
+            waits,
+        };
         match self.format {
             MonitorFormat::Text => info!("{}", text_line(&report)),
             MonitorFormat::Json => {
@@ -243,9 +247,16 @@ mod tests {
     #[test]
     fn json_report_has_integer_counters() {
         let c = Counters::new(2, 4);
-        let r = Report::new(&c.snapshot(1), [1.5, 0.0, 0.0], &crate::stats::new_wait_histogram(), true);
+        let r = Report::new(
+            &c.snapshot(1),
+            [1.5, 0.0, 0.0],
+            &crate::stats::new_wait_histogram(),
+            true,
+        );
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
-        for key in ["busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed"] {
+        for key in [
+            "busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed",
+        ] {
             assert!(v[key].is_u64(), "{key} in {v}");
         }
         assert_eq!(v["queued"], 1);

@@ -75,7 +75,10 @@ impl Worker {
         if self.thread.join().is_err() {
             // Connections are served under `catch_unwind`; reaching this
             // means the worker's own bookkeeping panicked.
-            error!("worker {} ended with a panic outside any connection", self.id);
+            error!(
+                "worker {} ended with a panic outside any connection",
+                self.id
+            );
         }
     }
 }

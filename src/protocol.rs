@@ -171,7 +171,11 @@ impl Uppercaser {
     /// `exit` is ordinary data (`EXIT`); an unfinished UTF-8 sequence is
     /// invalid and passes through unchanged.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        out.extend(self.line[..self.line_len].iter().map(u8::to_ascii_uppercase));
+        out.extend(
+            self.line[..self.line_len]
+                .iter()
+                .map(u8::to_ascii_uppercase),
+        );
         out.extend_from_slice(&self.utf8[..self.utf8_len]);
         *self = Uppercaser::new();
     }
@@ -220,8 +224,8 @@ impl Uppercaser {
                 continue;
             }
             let at_end = invalid.as_ptr_range().end == input.as_ptr_range().end;
-            let incomplete = at_end
-                && std::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
+            let incomplete =
+                at_end && std::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
             if incomplete {
                 self.utf8[..invalid.len()].copy_from_slice(invalid);
                 self.utf8_len = invalid.len();

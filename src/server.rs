@@ -211,7 +211,9 @@ impl ServerBuilder {
             limits: Limits {
                 idle_timeout: nonzero(self.idle_timeout),
                 write_timeout: nonzero(self.write_timeout),
-                min_rate: self.min_rate.map(|(bytes, window)| MinRate { bytes, window }),
+                min_rate: self
+                    .min_rate
+                    .map(|(bytes, window)| MinRate { bytes, window }),
             },
             queue_timeout: nonzero(self.queue_timeout),
             read_buffer_size: self.read_buffer_size,
@@ -269,9 +271,7 @@ impl ServerBuilder {
         info!(
             "listening on {local_addr} with {} workers, accept queue capacity {} \
              (listen backlog {listen_backlog}, overflow {})",
-            self.workers,
-            self.backlog,
-            self.overflow
+            self.workers, self.backlog, self.overflow
         );
         Ok(server)
     }
@@ -296,7 +296,10 @@ fn bind(addr: &str, listen_backlog: usize) -> Result<TcpListener, Error> {
         }
     }
     Err(bind_err(last_err.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
     })))
 }
 

@@ -211,7 +211,12 @@ impl Counters {
         if !self.saturated.load(Relaxed) || !self.saturated.swap(false, Relaxed) {
             return None;
         }
-        Some(self.saturated_since.lock().take().map_or(Duration::ZERO, |t| t.elapsed()))
+        Some(
+            self.saturated_since
+                .lock()
+                .take()
+                .map_or(Duration::ZERO, |t| t.elapsed()),
+        )
     }
 
     /// A copy of the queue-wait histogram since start.
@@ -292,7 +297,9 @@ pub(crate) struct LiveGuard {
 
 impl LiveGuard {
     pub(crate) fn new(counters: &Arc<Counters>) -> Self {
-        counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Release);
+        counters
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         let live = counters.live.fetch_add(1, Relaxed) + 1;
         counters.peak_live.fetch_max(live, Relaxed);
         LiveGuard {
@@ -357,7 +364,10 @@ mod tests {
         drop(b);
         drop(a);
         let s = c.snapshot(0);
-        assert_eq!((s.accepted, s.rejected, s.closed, s.live, s.busy), (2, 1, 1, 0, 0));
+        assert_eq!(
+            (s.accepted, s.rejected, s.closed, s.live, s.busy),
+            (2, 1, 1, 0, 0)
+        );
         assert_eq!((s.peak_busy, s.peak_live), (1, 2));
     }
 

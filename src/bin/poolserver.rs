@@ -20,8 +20,7 @@ use poolserver::{Echo, MonitorFormat, Overflow, Server, Uppercase};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
-    ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode,
-    WriteLogger,
+    ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode, WriteLogger,
 };
 
 /// A TCP server with a fixed pool of worker threads fed by a bounded accept

@@ -24,13 +24,19 @@ fn bytewise(input: &[u8]) -> (Vec<u8>, bool) {
 
 #[test]
 fn ascii_is_uppercased() {
-    assert_eq!(run(&[b"hello, world\n"]), (b"HELLO, WORLD\n".to_vec(), false));
+    assert_eq!(
+        run(&[b"hello, world\n"]),
+        (b"HELLO, WORLD\n".to_vec(), false)
+    );
 }
 
 #[test]
 fn unicode_rules_apply() {
     let (out, _) = run(&["straße ǆ ﬃ ΐ\n".as_bytes()]);
-    assert_eq!(String::from_utf8(out).unwrap(), "STRASSE Ǆ FFI \u{399}\u{308}\u{301}\n");
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "STRASSE Ǆ FFI \u{399}\u{308}\u{301}\n"
+    );
 }
 
 #[test]
@@ -84,7 +90,10 @@ fn first_line_can_be_quit() {
 
 #[test]
 fn exit_split_across_reads() {
-    assert_eq!(run(&[b"a\ne", b"x", b"it", b"\r", b"\nrest"]), (b"A\n".to_vec(), true));
+    assert_eq!(
+        run(&[b"a\ne", b"x", b"it", b"\r", b"\nrest"]),
+        (b"A\n".to_vec(), true)
+    );
 }
 
 #[test]
@@ -124,7 +133,10 @@ fn unterminated_exit_at_eof_is_data() {
 
 #[test]
 fn incomplete_utf8_at_eof_passes_through() {
-    assert_eq!(run(&[b"ok\xF0\x9F\x98"]), (b"OK\xF0\x9F\x98".to_vec(), false));
+    assert_eq!(
+        run(&[b"ok\xF0\x9F\x98"]),
+        (b"OK\xF0\x9F\x98".to_vec(), false)
+    );
 }
 
 #[test]
@@ -141,7 +153,11 @@ fn output_reservation_is_enough() {
     let cap = out.capacity();
     up.feed(input.as_bytes(), &mut out);
     assert_eq!(out.len(), 3 * input.len());
-    assert_eq!(out.capacity(), cap, "feed must not reallocate a reserved buffer");
+    assert_eq!(
+        out.capacity(),
+        cap,
+        "feed must not reallocate a reserved buffer"
+    );
 }
 
 #[test]
@@ -217,4 +233,9 @@ proptest! {
             prop_assert!(up.held() <= 5);
         }
     }
+}
+
+#[test]
+fn non_ascii_at_line_start() {
+    assert_eq!(run(&["ßß\n".as_bytes()]), ("SSSS\n".as_bytes().to_vec(), false));
 }

@@ -25,9 +25,19 @@ fn help_and_version_exit_zero() {
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in [
-        "--addr", "--workers", "--backlog", "--listen-backlog", "--overflow", "--queue-timeout",
-        "--idle-timeout", "--monitor-interval", "--monitor-format", "--shutdown-timeout",
-        "--log-level", "--log-file", "POOLSERVER_WORKERS",
+        "--addr",
+        "--workers",
+        "--backlog",
+        "--listen-backlog",
+        "--overflow",
+        "--queue-timeout",
+        "--idle-timeout",
+        "--monitor-interval",
+        "--monitor-format",
+        "--shutdown-timeout",
+        "--log-level",
+        "--log-file",
+        "POOLSERVER_WORKERS",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -68,13 +78,23 @@ fn an_address_in_use_exits_two_and_says_what_to_do() {
 #[test]
 fn environment_variables_set_flags_and_the_startup_line_tells_the_truth() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolserver"));
-    cmd.env("POOLSERVER_WORKERS", "3").env("POOLSERVER_BACKLOG", "7");
+    cmd.env("POOLSERVER_WORKERS", "3")
+        .env("POOLSERVER_BACKLOG", "7");
     let mut server = ServerProcess::start_with(cmd, &["--monitor-interval", "0"]);
     let line = server.wait_for_line(|l| l.contains("listening on"));
     assert_ne!(server.addr.port(), 0);
-    assert!(line.contains(&format!("listening on {} ", server.addr)), "{line}");
-    assert!(line.contains("3 workers") && line.contains("capacity 7"), "{line}");
-    assert!(!line.contains('\u{1b}'), "colour codes while stderr is a pipe: {line:?}");
+    assert!(
+        line.contains(&format!("listening on {} ", server.addr)),
+        "{line}"
+    );
+    assert!(
+        line.contains("3 workers") && line.contains("capacity 7"),
+        "{line}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes while stderr is a pipe: {line:?}"
+    );
     let mut c = connect(server.addr);
     round_trip(&mut c, b"env\n", b"ENV\n");
 }
@@ -86,16 +106,23 @@ fn a_listen_backlog_above_somaxconn_is_warned_about() {
     };
     let asked = max.trim().parse::<u64>().unwrap() + 1;
     let asked = asked.to_string();
-    let mut server =
-        ServerProcess::start(&["--listen-backlog", &asked, "--monitor-interval", "0"]);
+    let mut server = ServerProcess::start(&["--listen-backlog", &asked, "--monitor-interval", "0"]);
     let warning = server.wait_for_line(|l| l.contains("somaxconn"));
-    assert!(warning.contains(&asked) && warning.contains(max.trim()), "{warning}");
+    assert!(
+        warning.contains(&asked) && warning.contains(max.trim()),
+        "{warning}"
+    );
 }
 
 #[test]
 fn sigterm_with_live_connections_exits_zero_within_the_deadline() {
     let mut server = ServerProcess::start(&[
-        "--workers", "2", "--shutdown-timeout", "1s", "--monitor-interval", "1h",
+        "--workers",
+        "2",
+        "--shutdown-timeout",
+        "1s",
+        "--monitor-interval",
+        "1h",
     ]);
     let mut a = served_client(server.addr);
     let mut b = served_client(server.addr);
@@ -114,8 +141,14 @@ fn sigterm_with_live_connections_exits_zero_within_the_deadline() {
         .iter()
         .rfind(|l| l.contains("poolserver::monitor"))
         .expect("a final monitor line");
-    assert!(last.contains("busy=0 workers=2 queued=0") && last.contains("final=true"), "{last}");
-    assert!(last.contains("live=0 accepted=2 rejected=0 closed=2"), "{last}");
+    assert!(
+        last.contains("busy=0 workers=2 queued=0") && last.contains("final=true"),
+        "{last}"
+    );
+    assert!(
+        last.contains("live=0 accepted=2 rejected=0 closed=2"),
+        "{last}"
+    );
 }
 
 #[test]
@@ -137,28 +170,51 @@ fn text_monitor_lines_have_the_contract_fields_in_order() {
     let _c = served_client(server.addr);
     let line = server.wait_for_line(|l| l.contains("poolserver::monitor") && l.contains("live=1"));
     let fields = line.split("poolserver::monitor: ").nth(1).unwrap();
-    let keys: Vec<&str> = fields.split(' ').map(|kv| kv.split('=').next().unwrap()).collect();
+    let keys: Vec<&str> = fields
+        .split(' ')
+        .map(|kv| kv.split('=').next().unwrap())
+        .collect();
     assert_eq!(
         &keys[..8],
         ["busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed"]
     );
-    for key in ["conn_per_s", "wait_p50", "wait_p99", "peak_busy", "peak_queued", "peak_live", "panics"] {
+    for key in [
+        "conn_per_s",
+        "wait_p50",
+        "wait_p99",
+        "peak_busy",
+        "peak_queued",
+        "peak_live",
+        "panics",
+    ] {
         assert!(keys.contains(&key), "{key} missing: {line}");
     }
-    assert!(fields.starts_with("busy=1 workers=2 queued=0 backlog=1024 live=1 accepted=1 rejected=0 closed=0"), "{line}");
+    assert!(
+        fields.starts_with(
+            "busy=1 workers=2 queued=0 backlog=1024 live=1 accepted=1 rejected=0 closed=0"
+        ),
+        "{line}"
+    );
     assert!(line.contains("[INFO]"), "{line}");
 }
 
 #[test]
 fn json_monitor_goes_to_stdout_and_not_to_the_log() {
     let mut server = ServerProcess::start(&[
-        "--workers", "1", "--monitor-interval", "50ms", "--monitor-format", "json",
+        "--workers",
+        "1",
+        "--monitor-interval",
+        "50ms",
+        "--monitor-format",
+        "json",
     ]);
     let stdout = server.child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a report").unwrap();
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-    for key in ["busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed"] {
+    for key in [
+        "busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed",
+    ] {
         assert!(v[key].is_u64(), "{key}: {first}");
     }
     assert_eq!(v["workers"], 1);
@@ -167,7 +223,10 @@ fn json_monitor_goes_to_stdout_and_not_to_the_log() {
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
     assert_eq!(last["final"], true);
-    assert!(server.drain_lines().iter().all(|l| !l.contains("poolserver::monitor")));
+    assert!(server
+        .drain_lines()
+        .iter()
+        .all(|l| !l.contains("poolserver::monitor")));
 }
 
 #[test]
@@ -177,12 +236,18 @@ fn the_log_file_gets_the_log_too() {
     let path = dir.join("server.log");
     let _ = std::fs::remove_file(&path);
     let mut server = ServerProcess::start(&[
-        "--log-file", path.to_str().unwrap(), "--monitor-interval", "0",
+        "--log-file",
+        path.to_str().unwrap(),
+        "--monitor-interval",
+        "0",
     ]);
     server.signal("TERM");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
     let log = std::fs::read_to_string(&path).unwrap();
-    assert!(log.contains(&format!("listening on {}", server.addr)), "{log}");
+    assert!(
+        log.contains(&format!("listening on {}", server.addr)),
+        "{log}"
+    );
     assert!(log.contains("SIGTERM received"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -202,7 +267,11 @@ fn saturation_is_warned_once_per_episode_and_its_end_is_logged() {
         assert_eq!(read_to_close(&mut w), b"W\n");
     }
     server.wait_for_line(|l| l.contains("saturation over"));
-    let warnings = server.seen.iter().filter(|l| l.contains("workers are busy")).count();
+    let warnings = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("workers are busy"))
+        .count();
     assert_eq!(warnings, 1, "{:?}", server.seen);
     let _ = std::io::stdout().flush();
 }

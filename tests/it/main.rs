@@ -5,15 +5,15 @@
 
 mod support;
 
-/// The uppercase protocol over real sockets (contract §2).
-mod protocol;
-/// Occupancy, overflow, timeouts and panics in the worker pool (§1, §3).
-mod pool;
-/// Graceful shutdown through the library API (§4).
-mod shutdown;
 /// The `poolserver` binary: flags, exit codes, signals, monitor (§1, §3, §4).
 mod cli;
 /// The `poolclient` binary (§5).
 mod client;
 /// The `poolload` load generator (§6).
 mod load;
+/// Occupancy, overflow, timeouts and panics in the worker pool (§1, §3).
+mod pool;
+/// The uppercase protocol over real sockets (contract §2).
+mod protocol;
+/// Graceful shutdown through the library API (§4).
+mod shutdown;

@@ -2,7 +2,7 @@
 //! queue and idle timeouts, a client that never reads, panics, and the
 //! monitor's numbers (contract §1, §3).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -21,7 +21,10 @@ fn quit(mut c: TcpStream) {
 fn read_busy(c: &mut TcpStream) -> String {
     let all = read_to_close(c);
     let text = String::from_utf8(all).unwrap();
-    assert!(text.starts_with("BUSY ") && text.ends_with('\n'), "{text:?}");
+    assert!(
+        text.starts_with("BUSY ") && text.ends_with('\n'),
+        "{text:?}"
+    );
     assert_eq!(text.matches('\n').count(), 1, "{text:?}");
     text
 }
@@ -34,7 +37,9 @@ fn n_busy_workers_and_the_next_connection_waits_then_is_served() {
     let b = served_client(addr);
     let mut waiting = connect(addr);
     waiting.write_all(b"my turn?\n").unwrap();
-    wait_until("the third connection is queued", || server.stats().queued == 1);
+    wait_until("the third connection is queued", || {
+        server.stats().queued == 1
+    });
     let s = server.stats();
     assert_eq!((s.busy, s.workers, s.queued, s.backlog), (2, 2, 1, 4));
     assert_eq!((s.live, s.accepted, s.rejected, s.closed), (3, 3, 0, 0));
@@ -104,14 +109,20 @@ fn block_overflow_holds_new_connections_until_there_is_room() {
 #[test]
 fn queue_timeout_turns_away_a_connection_that_waited_too_long() {
     let limit = Duration::from_millis(50);
-    let server = support::builder().workers(1).queue_timeout(limit).start().unwrap();
+    let server = support::builder()
+        .workers(1)
+        .queue_timeout(limit)
+        .start()
+        .unwrap();
     let addr = server.local_addr();
     let holder = served_client(addr);
     let mut late = connect(addr);
     let queued_at = Instant::now();
     wait_until("late is queued", || server.stats().queued == 1);
     // The point of the test is the passage of time: let the limit pass.
-    wait_until("the queue timeout has passed", || queued_at.elapsed() > limit * 3);
+    wait_until("the queue timeout has passed", || {
+        queued_at.elapsed() > limit * 3
+    });
     quit(holder);
     let busy = read_busy(&mut late);
     assert!(busy.contains("waited too long"), "{busy}");
@@ -159,10 +170,15 @@ fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
         }
         false
     });
-    wait_until("the write timeout fires", || server.stats().write_timeouts == 1);
+    wait_until("the write timeout fires", || {
+        server.stats().write_timeouts == 1
+    });
     wait_until("the worker is free", || server.stats().busy == 0);
     drop(c);
-    assert!(writer.join().unwrap(), "the server must have closed on the writer");
+    assert!(
+        writer.join().unwrap(),
+        "the server must have closed on the writer"
+    );
     // The pool still serves.
     quit(served_client(addr));
 }
@@ -186,7 +202,11 @@ impl Service for Fragile {
 
 #[test]
 fn a_panicking_service_costs_its_connection_not_a_worker() {
-    let server = support::builder().workers(2).service(Fragile).start().unwrap();
+    let server = support::builder()
+        .workers(2)
+        .service(Fragile)
+        .start()
+        .unwrap();
     let addr = server.local_addr();
     for _ in 0..5 {
         let mut c = connect(addr);
@@ -245,24 +265,48 @@ fn json_monitor_reports_satisfy_the_invariants() {
     quit(c);
     let final_stats = server.shutdown(Duration::from_secs(5));
 
-    let reports: Vec<serde_json::Value> =
-        lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reports: Vec<serde_json::Value> = lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(reports.len() >= 3);
     let mut saw_queued = false;
     for r in &reports {
-        let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} not an integer in {r}"));
+        let n = |k: &str| {
+            r[k].as_u64()
+                .unwrap_or_else(|| panic!("{k} not an integer in {r}"))
+        };
         assert!(n("busy") <= n("workers"));
         assert!(n("queued") <= n("backlog"));
-        assert_eq!(n("live"), n("accepted") - n("rejected") - n("closed"), "{r}");
+        assert_eq!(
+            n("live"),
+            n("accepted") - n("rejected") - n("closed"),
+            "{r}"
+        );
         saw_queued |= n("queued") == 1 && n("busy") == 2;
-        for key in ["conn_per_s", "wait_p50", "wait_p99", "peak_busy", "peak_queued", "peak_live", "panics"] {
+        for key in [
+            "conn_per_s",
+            "wait_p50",
+            "wait_p99",
+            "peak_busy",
+            "peak_queued",
+            "peak_live",
+            "panics",
+        ] {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
     }
     assert!(saw_queued, "a report while the third client waited");
     let last = reports.last().unwrap();
     assert_eq!(last["final"], true);
-    assert_eq!((last["busy"].as_u64(), last["queued"].as_u64(), last["live"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (
+            last["busy"].as_u64(),
+            last["queued"].as_u64(),
+            last["live"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
     assert_eq!(last["accepted"].as_u64(), Some(final_stats.accepted));
 }
 
@@ -296,14 +340,20 @@ fn stats_are_consistent_under_concurrent_churn() {
     }
     wait_until("idle", || server.stats().live == 0);
     let s = server.shutdown(Duration::from_secs(5));
-    assert_eq!((s.accepted, s.closed, s.busy, s.queued, s.live), (120, 120, 0, 0, 0));
+    assert_eq!(
+        (s.accepted, s.closed, s.busy, s.queued, s.live),
+        (120, 120, 0, 0, 0)
+    );
 }
 
 #[test]
 fn invalid_settings_are_refused_with_a_reason() {
     let err = support::builder().workers(0).start().unwrap_err();
     assert!(err.is_usage());
-    assert!(err.to_string().contains("workers must be at least 1"), "{err}");
+    assert!(
+        err.to_string().contains("workers must be at least 1"),
+        "{err}"
+    );
     let err = support::builder().backlog(0).start().unwrap_err();
     assert!(err.to_string().contains("backlog"), "{err}");
 }
@@ -314,7 +364,11 @@ fn invalid_settings_are_refused_with_a_reason() {
 #[test]
 fn the_idle_timer_restarts_with_every_byte() {
     let idle = Duration::from_millis(600);
-    let server = support::builder().workers(1).idle_timeout(idle).start().unwrap();
+    let server = support::builder()
+        .workers(1)
+        .idle_timeout(idle)
+        .start()
+        .unwrap();
     let mut c = connect(server.local_addr());
     let start = Instant::now();
     for _ in 0..6 {

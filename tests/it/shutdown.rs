@@ -24,7 +24,10 @@ fn the_deadline_ends_a_worker_blocked_on_a_silent_client() {
     assert!(took >= Duration::from_millis(300), "{took:?}");
     // Deadline + one poll slice + the lingering close's 2 s at most.
     assert!(took < Duration::from_secs(4), "{took:?}");
-    assert_eq!((stats.live, stats.busy, stats.closed, stats.accepted), (0, 0, 1, 1));
+    assert_eq!(
+        (stats.live, stats.busy, stats.closed, stats.accepted),
+        (0, 0, 1, 1)
+    );
 }
 
 #[test]
@@ -53,11 +56,17 @@ fn shutdown_returns_as_soon_as_the_work_is_done() {
     assert_eq!(read_to_close(&mut queued), b"");
 
     let (stats, took) = stopper.join().unwrap();
-    assert!(took < Duration::from_secs(30), "did not wait out the grace: {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "did not wait out the grace: {took:?}"
+    );
     // A probe that connected before the listener closed was served too
     // (it sent nothing and closed), hence `>=`.
     assert!(stats.accepted >= 2, "{stats:?}");
-    assert_eq!((stats.closed, stats.rejected, stats.live), (stats.accepted, 0, 0));
+    assert_eq!(
+        (stats.closed, stats.rejected, stats.live),
+        (stats.accepted, 0, 0)
+    );
 }
 
 #[test]
@@ -72,7 +81,10 @@ fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
     assert_eq!(read_to_close(&mut holder), b"");
     let answer = String::from_utf8(read_to_close(&mut queued)).unwrap();
     assert_eq!(answer, "BUSY server shutting down\n");
-    assert_eq!((stats.accepted, stats.closed, stats.rejected, stats.live), (2, 1, 1, 0));
+    assert_eq!(
+        (stats.accepted, stats.closed, stats.rejected, stats.live),
+        (2, 1, 1, 0)
+    );
 }
 
 #[test]
@@ -89,7 +101,9 @@ fn dropping_the_server_begins_shutdown_without_blocking() {
     assert!(start.elapsed() < Duration::from_millis(500), "Drop blocked");
     // The threads finish on their own: the client is closed at the deadline.
     assert_eq!(read_to_close(&mut c), b"");
-    wait_until("the listener is closed", || TcpStream::connect(addr).is_err());
+    wait_until("the listener is closed", || {
+        TcpStream::connect(addr).is_err()
+    });
 }
 
 #[test]

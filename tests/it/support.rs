@@ -51,14 +51,18 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 /// Reads exactly `n` bytes (or fails the test).
 pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
-    stream.read_exact(&mut buf).expect("read the expected reply");
+    stream
+        .read_exact(&mut buf)
+        .expect("read the expected reply");
     buf
 }
 
 /// Reads until the server closes; returns everything read.
 pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).expect("read until the server closes");
+    stream
+        .read_to_end(&mut buf)
+        .expect("read until the server closes");
     buf
 }
 
