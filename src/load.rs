@@ -884,8 +884,9 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
 enum Got {
     Data(usize),
     Eof,
-    /// `give_up` said so at one of the timeouts.
-    GaveUp,
+    /// No data: one [`SLICE`] passed ([`read_once`]), or the caller's
+    /// `give_up` said stop ([`read_some`]).
+    Idle,
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -895,23 +896,30 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Reads once, waking every [`SLICE`] to ask `give_up`.
-fn read_some(
-    mut stream: &TcpStream,
-    buf: &mut [u8],
-    give_up: impl Fn(Instant) -> bool,
-) -> io::Result<Got> {
+/// One read that waits at most one [`SLICE`] (then `Got::Idle`).
+fn read_once(mut stream: &TcpStream, buf: &mut [u8]) -> io::Result<Got> {
     loop {
         match stream.read(buf) {
             Ok(0) => return Ok(Got::Eof),
             Ok(n) => return Ok(Got::Data(n)),
-            Err(e) if is_timeout(&e) => {
-                if give_up(Instant::now()) {
-                    return Ok(Got::GaveUp);
-                }
-            }
+            Err(e) if is_timeout(&e) => return Ok(Got::Idle),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads, waking every [`SLICE`] to ask `give_up`; `Got::Idle` means it
+/// said give up.
+fn read_some(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    give_up: impl Fn(Instant) -> bool,
+) -> io::Result<Got> {
+    loop {
+        match read_once(stream, buf)? {
+            Got::Idle if !give_up(Instant::now()) => {}
+            got => return Ok(got),
         }
     }
 }
@@ -1136,7 +1144,7 @@ impl Ctx<'_> {
                     seen += n;
                 }
                 Ok(Got::Eof) => break,
-                Ok(Got::GaveUp) => {
+                Ok(Got::Idle) => {
                     t.cut = true;
                     return;
                 }
@@ -1175,6 +1183,90 @@ impl Ctx<'_> {
     }
 }
 
+/// The sending side of a pingpong or connect conversation.
+///
+/// Messages are written without blocking and the caller reads replies
+/// whenever the socket will not take more. Blocking writes would deadlock
+/// once the bytes in flight (`pipeline × size`) outgrow the socket buffers:
+/// the server stops reading while it waits to write replies that this
+/// side, stuck in its write, never reads.
+struct Sender<'a> {
+    stream: &'a TcpStream,
+    pattern: &'a Pattern,
+    variant: usize,
+    /// Bytes of the current message already written; `None` between
+    /// messages.
+    offset: Option<usize>,
+}
+
+/// What [`Sender::push`] achieved.
+enum Pushed {
+    /// The current message is fully written.
+    Done,
+    /// The socket takes no more for now: read replies, then push again.
+    Full,
+}
+
+impl<'a> Sender<'a> {
+    fn new(stream: &'a TcpStream, pattern: &'a Pattern, first_variant: usize) -> Self {
+        Sender {
+            stream,
+            pattern,
+            variant: first_variant,
+            offset: None,
+        }
+    }
+
+    /// A message is partly written.
+    fn pending(&self) -> bool {
+        self.offset.is_some()
+    }
+
+    /// Starts the next message; [`push`](Self::push) writes it.
+    fn start(&mut self) {
+        debug_assert!(self.offset.is_none());
+        self.offset = Some(0);
+    }
+
+    /// Writes as much of the current message as the socket takes at once.
+    fn push(&mut self) -> io::Result<Pushed> {
+        let Some(mut off) = self.offset else {
+            return Ok(Pushed::Done);
+        };
+        let msg = self.pattern.message(self.variant);
+        while off < msg.len() {
+            match send_now(self.stream, &msg[off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => off += n,
+                Err(e) if is_timeout(&e) => {
+                    self.offset = Some(off);
+                    return Ok(Pushed::Full);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.offset = None;
+        self.variant = (self.variant + 1) % self.pattern.variants;
+        Ok(Pushed::Done)
+    }
+}
+
+/// One `send(2)` that does not wait for room in the socket buffer
+/// (`WouldBlock` instead), on a socket that otherwise blocks.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    // MSG_NOSIGNAL as std does: a reset peer is an error, not a SIGPIPE.
+    socket2::SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// Elsewhere: a write that waits at most one [`SLICE`], which is as safe,
+/// only slower when the socket buffer is full.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_now(mut stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    stream.write(buf)
+}
+
 /// Pingpong: `pipeline` messages in flight, each reply checked and timed,
 /// the next message sent as each reply completes.
 fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
@@ -1188,8 +1280,9 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
     let size = pattern.size;
     let window = ctx.cfg.pipeline;
     let first_variant = idx % pattern.variants;
+    let mut sender = Sender::new(&stream, pattern, first_variant);
     let mut checker = Checker::new(pattern, first_variant);
-    let mut next_variant = first_variant;
+    // Send times of the messages in flight, oldest first.
     let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(window);
     let mut budget = ctx.cfg.messages.unwrap_or(u64::MAX);
     let mut buf = vec![0u8; READ_BUF];
@@ -1198,38 +1291,43 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
     let mut served = false;
     let mut now = connected;
 
-    let clean = loop {
-        // Fill the window.
-        while in_flight.len() < window && ctx.may_start(now, budget) {
-            match write_all(&stream, pattern.message(next_variant), |n| {
-                ctx.past_deadline(n)
-            }) {
-                Ok(true) => {}
-                Ok(false) => {
-                    t.cut = true;
+    let clean = 'conversation: loop {
+        // Fill the window, as far as the socket takes it.
+        loop {
+            if !sender.pending() {
+                if in_flight.len() == window || !ctx.may_start(now, budget) {
                     break;
                 }
+                sender.start();
+                in_flight.push_back(now);
+                if now >= ctx.warmup_end {
+                    budget -= 1;
+                }
+            }
+            match sender.push() {
+                Ok(Pushed::Done) => {}
+                Ok(Pushed::Full) => break,
                 Err(e) => {
                     t.error(ctx.live, format!("sending failed: {e}"));
-                    break;
+                    break 'conversation false;
                 }
             }
-            in_flight.push_back(now);
-            if now >= ctx.warmup_end {
-                budget -= 1;
-            }
-            next_variant = (next_variant + 1) % pattern.variants;
-        }
-        if t.cut || t.errors > 0 {
-            break false;
         }
         if in_flight.is_empty() {
             break true;
         }
 
-        let give_up = |n| ctx.past_deadline(n) || (!served && ctx.past_measure_end(n));
-        let n = match read_some(&stream, &mut buf, give_up) {
+        let n = match read_once(&stream, &mut buf) {
             Ok(Got::Data(n)) => n,
+            Ok(Got::Idle) => {
+                now = Instant::now();
+                if ctx.past_deadline(now) || (!served && ctx.past_measure_end(now)) {
+                    t.never_served += u64::from(!served);
+                    t.cut |= ctx.past_deadline(now);
+                    break false;
+                }
+                continue;
+            }
             Ok(Got::Eof) => {
                 t.error(
                     ctx.live,
@@ -1239,13 +1337,6 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
                         plural(in_flight.len() as u64, "reply", "replies")
                     ),
                 );
-                break false;
-            }
-            Ok(Got::GaveUp) => {
-                if !served {
-                    t.never_served += 1;
-                }
-                t.cut |= ctx.past_deadline(Instant::now());
                 break false;
             }
             Err(e) => {
@@ -1278,18 +1369,20 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
         }
         if counted > 0 {
             t.counted += counted;
+            t.bytes += counted * size as u64;
             t.last_counted = Some(now);
         }
         progress.add(counted, data.len() as u64, now);
-        if counted > 0 {
-            t.bytes += counted * size as u64;
-        }
         if !extra.is_empty() {
             t.wrong(ctx.live, 1);
             t.error(
                 ctx.live,
                 format!("the server sent {} bytes nobody asked for", extra.len()),
             );
+            break false;
+        }
+        if ctx.past_deadline(now) {
+            t.cut = true;
             break false;
         }
     };
@@ -1300,11 +1393,20 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
     t
 }
 
+/// How one connect-mode cycle ended.
+enum Cycle {
+    /// The reply came back and the server closed after `quit`.
+    Done,
+    /// The server answered `BUSY`.
+    Rejected,
+    /// Something is recorded in the tally; stop the loop.
+    Stop,
+}
+
 /// Connect mode: whole conversations, one after another.
 fn connect_loop(ctx: &Ctx<'_>, idx: usize) -> Tally {
     let mut t = Tally::default();
     let pattern = &ctx.pattern;
-    let size = pattern.size;
     let mut variant = idx % pattern.variants;
     let mut budget = ctx.cfg.messages.unwrap_or(u64::MAX);
     let mut buf = vec![0u8; READ_BUF];
@@ -1322,98 +1424,98 @@ fn connect_loop(ctx: &Ctx<'_>, idx: usize) -> Tally {
         let Some(stream) = ctx.connect(&mut t) else {
             break;
         };
-        let connected = Instant::now();
-        match write_all(&stream, pattern.message(variant), |n| ctx.past_deadline(n)) {
-            Ok(true) => {}
-            Ok(false) => {
-                t.cut = true;
-                break;
+        match one_cycle(ctx, &stream, variant, &mut buf, &mut t) {
+            Cycle::Done => {}
+            Cycle::Rejected => {
+                t.rejected += 1;
+                continue;
             }
-            Err(e) => {
-                t.error(ctx.live, format!("sending failed: {e}"));
-                break;
-            }
+            Cycle::Stop => break,
         }
-
-        // The one reply.
-        let mut checker = Checker::new(pattern, variant);
-        let mut got = 0usize;
-        let mut rejected = false;
-        let mut failed = false;
-        while got < size {
-            // A cycle under way when the measured time ends may finish
-            // (uncounted): only the deadline proves it would never be served.
-            let give_up = |n| ctx.past_deadline(n);
-            match read_some(&stream, &mut buf, give_up) {
-                Ok(Got::Data(n)) => {
-                    if got == 0 && is_busy(&buf[..n]) {
-                        rejected = true;
-                        break;
-                    }
-                    let take = n.min(size - got);
-                    let (_, wrong) = checker.feed(&buf[..take]);
-                    t.wrong(ctx.live, wrong);
-                    got += take;
-                    if n > take {
-                        t.wrong(ctx.live, 1);
-                        t.error(
-                            ctx.live,
-                            format!("the server sent {} bytes nobody asked for", n - take),
-                        );
-                        failed = true;
-                        break;
-                    }
-                }
-                Ok(Got::Eof) => {
-                    t.error(
-                        ctx.live,
-                        "the server closed the connection before replying".into(),
-                    );
-                    failed = true;
-                    break;
-                }
-                Ok(Got::GaveUp) => {
-                    t.never_served += 1;
-                    t.cut |= ctx.past_deadline(Instant::now());
-                    failed = true;
-                    break;
-                }
-                Err(e) => {
-                    t.error(ctx.live, format!("receiving failed: {e}"));
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if rejected {
-            t.rejected += 1;
-            continue;
-        }
-        if failed {
-            break;
-        }
-        ctx.first_reply(&mut t, Instant::now(), connected, false);
-
-        let (errors, cut) = (t.errors, t.cut);
-        ctx.close(&stream, &mut buf, &mut t);
         drop(stream);
-        if t.errors > errors || t.cut != cut {
-            break;
-        }
         let end = Instant::now();
-        // A wrong reply is still a round trip; it is counted in
-        // `wrong_replies` as well and fails the run.
+        // A wrong reply is still a cycle; it is counted in `wrong_replies`
+        // as well and fails the run.
         if ctx.counts(start, end) {
             t.counted += 1;
-            t.bytes += size as u64;
+            t.bytes += pattern.size as u64;
             t.last_counted = Some(end);
             latencies.record(end.duration_since(start));
-            progress.add(1, size as u64, end);
+            progress.add(1, pattern.size as u64, end);
         }
         variant = (variant + 1) % pattern.variants;
     }
     t.finished = Some(Instant::now());
     t
+}
+
+/// One message, its reply, `quit`, and the server's close.
+fn one_cycle(
+    ctx: &Ctx<'_>,
+    stream: &TcpStream,
+    variant: usize,
+    buf: &mut [u8],
+    t: &mut Tally,
+) -> Cycle {
+    let connected = Instant::now();
+    let size = ctx.pattern.size;
+    let mut sender = Sender::new(stream, &ctx.pattern, variant);
+    let mut checker = Checker::new(&ctx.pattern, variant);
+    sender.start();
+    let mut got = 0usize;
+    while got < size {
+        if let Err(e) = sender.push() {
+            t.error(ctx.live, format!("sending failed: {e}"));
+            return Cycle::Stop;
+        }
+        match read_once(stream, buf) {
+            Ok(Got::Data(n)) => {
+                if got == 0 && is_busy(&buf[..n]) {
+                    return Cycle::Rejected;
+                }
+                let take = n.min(size - got);
+                let (_, wrong) = checker.feed(&buf[..take]);
+                t.wrong(ctx.live, wrong);
+                got += take;
+                if n > take {
+                    t.wrong(ctx.live, 1);
+                    t.error(
+                        ctx.live,
+                        format!("the server sent {} bytes nobody asked for", n - take),
+                    );
+                    return Cycle::Stop;
+                }
+            }
+            // A cycle under way when the measured time ends may finish
+            // (uncounted): only the deadline proves it would never be
+            // served.
+            Ok(Got::Idle) => {
+                if ctx.past_deadline(Instant::now()) {
+                    t.never_served += 1;
+                    t.cut = true;
+                    return Cycle::Stop;
+                }
+            }
+            Ok(Got::Eof) => {
+                t.error(
+                    ctx.live,
+                    "the server closed the connection before replying".into(),
+                );
+                return Cycle::Stop;
+            }
+            Err(e) => {
+                t.error(ctx.live, format!("receiving failed: {e}"));
+                return Cycle::Stop;
+            }
+        }
+    }
+    ctx.first_reply(t, Instant::now(), connected, false);
+    let (errors, cut) = (t.errors, t.cut);
+    ctx.close(stream, buf, t);
+    if t.errors > errors || t.cut != cut {
+        return Cycle::Stop;
+    }
+    Cycle::Done
 }
 
 /// Bulk: a writer thread streams `bulk_bytes` of message lines and
@@ -1517,7 +1619,7 @@ fn bulk(ctx: &Ctx<'_>, idx: usize) -> Tally {
                     }
                     break;
                 }
-                Ok(Got::GaveUp) => {
+                Ok(Got::Idle) => {
                     if ctx.past_deadline(Instant::now()) {
                         t.cut = true;
                         if !served {

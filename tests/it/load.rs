@@ -112,6 +112,32 @@ fn pipelining_gives_the_same_count() {
 }
 
 #[test]
+fn deep_pipelines_of_large_messages_do_not_deadlock() {
+    // 16 MiB in flight, far more than the socket buffers hold: poolload must
+    // read replies while its writes wait for room, or both sides block.
+    let server = support::server(1);
+    let size = 4 << 20;
+    let out = poolload(
+        server.local_addr(),
+        &[
+            "-n",
+            "8",
+            "-c",
+            "1",
+            "--pipeline",
+            "4",
+            "-s",
+            &size.to_string(),
+        ],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(num(&r, "round_trips"), 8);
+    assert_eq!(num(&r, "bytes_verified"), 8 * size);
+    assert_eq!(server.shutdown(Duration::from_secs(5)).bytes_out, 8 * size);
+}
+
+#[test]
 fn timed_run_with_warmup_counts_only_the_measured_part() {
     let server = support::server(2);
     let out = poolload(
