@@ -10,7 +10,7 @@
 //!   `read` per round trip, which is what a comparison between servers
 //!   should measure.
 //! * **No allocation per message.** Every message is a slice of one
-//!   precomputed [`Pattern`] of distinct lines, and every reply is compared
+//!   precomputed pattern of distinct lines, and every reply is compared
 //!   against the matching slice of the precomputed expected replies; the
 //!   send times of messages in flight live in a ring sized once; latencies
 //!   are buffered per connection and merged into one shared histogram a
@@ -24,6 +24,31 @@
 //!   the warm-up and, in a timed run, its reply completed before the
 //!   measured time ended. Replies after that are still checked (a wrong one
 //!   still fails the run) but not counted.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use poolserver::load::{self, LoadConfig, Live};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = poolserver::Server::builder()
+//!     .addr("127.0.0.1:0")
+//!     .workers(2)
+//!     .monitor_interval(Duration::ZERO)
+//!     .start()?;
+//! let cfg = LoadConfig {
+//!     addr: server.local_addr().to_string(),
+//!     connections: 2,
+//!     messages: Some(100),
+//!     ..LoadConfig::default()
+//! };
+//! let report = load::run(&cfg, &Live::default())?;
+//! assert_eq!(report.round_trips, 200);
+//! assert!(report.passed());
+//! println!("{}", serde_json::to_string(&report)?);
+//! # Ok(()) }
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
