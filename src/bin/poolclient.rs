@@ -24,14 +24,14 @@ use poolserver::client::{self, Ending};
 /// server closed first), 1 when the server could not be reached or the
 /// connection broke, 2 for bad usage.
 #[derive(Parser, Debug)]
-#[command(name = "poolclient", version, about, long_about)]
+#[command(name = "poolclient", version)]
 struct Args {
     /// Address of the server, HOST:PORT
-    #[arg(short, long, env = "POOLCLIENT_ADDR", default_value = poolserver::DEFAULT_ADDR)]
+    #[arg(short, long, env = "POOLCLIENT_ADDR", value_name = "HOST:PORT", default_value = poolserver::DEFAULT_ADDR)]
     addr: String,
 
     /// Give up connecting after this long (250ms, 5s; a bare number is seconds)
-    #[arg(long, env = "POOLCLIENT_CONNECT_TIMEOUT", default_value = "10s",
+    #[arg(long, env = "POOLCLIENT_CONNECT_TIMEOUT", value_name = "DUR", default_value = "10s",
           value_parser = poolserver::load::parse_positive_duration)]
     connect_timeout: Duration,
 }

@@ -40,50 +40,52 @@ use poolserver::load::{self, Expect, Live, LoadConfig, Mode, Report};
 /// wrong reply, an error, a run cut by --deadline, or an unserved
 /// connection with --fail-on-unserved; 2 for bad usage.
 #[derive(Parser, Debug)]
-#[command(name = "poolload", version, about, long_about)]
+#[command(name = "poolload", version)]
 struct Args {
     /// Address of the server, HOST:PORT
-    #[arg(short, long, env = "POOLLOAD_ADDR", default_value = poolserver::DEFAULT_ADDR)]
+    #[arg(short, long, env = "POOLLOAD_ADDR", value_name = "HOST:PORT", default_value = poolserver::DEFAULT_ADDR)]
     addr: String,
 
     /// Concurrent connections (connect mode: concurrent connect loops)
-    #[arg(short, long, env = "POOLLOAD_CONNECTIONS", default_value_t = 8,
+    #[arg(short, long, env = "POOLLOAD_CONNECTIONS", value_name = "C", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     connections: u32,
 
     /// Message size in bytes, including the trailing newline (2 to 16 MiB)
-    #[arg(short, long, env = "POOLLOAD_SIZE", default_value_t = 64,
+    #[arg(short, long, env = "POOLLOAD_SIZE", value_name = "BYTES", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(2..=16 * 1024 * 1024))]
     size: u32,
 
-    /// How long to measure (after --warmup)
-    #[arg(short, long, env = "POOLLOAD_DURATION", default_value = "10s",
+    /// How long to measure, after --warmup (not used with -n, nor in bulk
+    /// mode, which ends when every connection has streamed --bulk-mib)
+    #[arg(short, long, env = "POOLLOAD_DURATION", value_name = "DUR", default_value = "10s",
           value_parser = load::parse_positive_duration)]
     duration: Duration,
 
     /// Round trips per connection (connect mode: cycles per loop); the run
     /// ends when all are done instead of after --duration
-    #[arg(short = 'n', long, env = "POOLLOAD_MESSAGES",
+    #[arg(short = 'n', long, env = "POOLLOAD_MESSAGES", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     messages: Option<u64>,
 
     /// Messages in flight per connection (pingpong)
-    #[arg(long, env = "POOLLOAD_PIPELINE", default_value_t = 1,
+    #[arg(long, env = "POOLLOAD_PIPELINE", value_name = "K", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pipeline: u32,
 
     /// Give up on a connect attempt after this long (counted as an error)
-    #[arg(long, env = "POOLLOAD_CONNECT_TIMEOUT", default_value = "5s",
+    #[arg(long, env = "POOLLOAD_CONNECT_TIMEOUT", value_name = "DUR", default_value = "5s",
           value_parser = load::parse_positive_duration)]
     connect_timeout: Duration,
 
     /// Run this long before measuring; round trips in it are not counted
-    #[arg(long, env = "POOLLOAD_WARMUP", default_value = "0", value_parser = load::parse_duration)]
+    /// (not used in bulk mode)
+    #[arg(long, env = "POOLLOAD_WARMUP", value_name = "DUR", default_value = "0", value_parser = load::parse_duration)]
     warmup: Duration,
 
     /// Hard cap on the whole run; when it passes every connection stops and
     /// the report says the run was cut [default: duration + warmup + 30s]
-    #[arg(long, env = "POOLLOAD_DEADLINE", value_parser = load::parse_positive_duration)]
+    #[arg(long, env = "POOLLOAD_DEADLINE", value_name = "DUR", value_parser = load::parse_positive_duration)]
     deadline: Option<Duration>,
 
     /// What each connection does
@@ -91,7 +93,7 @@ struct Args {
     mode: Mode,
 
     /// Bulk mode: MiB streamed per connection
-    #[arg(long, env = "POOLLOAD_BULK_MIB", default_value_t = 64,
+    #[arg(long, env = "POOLLOAD_BULK_MIB", value_name = "M", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     bulk_mib: u64,
 
