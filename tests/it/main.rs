@@ -5,6 +5,9 @@
 
 mod support;
 
+/// Attacks: floods, fd exhaustion, slow and vanishing clients, panics,
+/// shutdown under load, monitor truth.
+mod attack;
 /// The `poolserver` binary: flags, exit codes, signals, monitor (§1, §3, §4).
 mod cli;
 /// The `poolclient` binary (§5).
