@@ -351,7 +351,8 @@ pub struct Report {
     /// The hard deadline passed before the run finished: counts are
     /// incomplete.
     pub cut_by_deadline: bool,
-    /// A few distinct error messages, each with how often it happened.
+    /// A few distinct error messages (and notes on unexpected bytes after
+    /// the last reply), each with how often it happened.
     pub error_examples: Vec<String>,
 }
 
@@ -1167,6 +1168,11 @@ impl Ctx<'_> {
                         differs = true;
                     }
                     seen += n;
+                    // A server that never stops sending must not hold us.
+                    if self.past_deadline(Instant::now()) {
+                        t.cut = true;
+                        return;
+                    }
                 }
                 Ok(Got::Eof) => break,
                 Ok(Got::Idle) => {

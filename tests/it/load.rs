@@ -142,7 +142,7 @@ fn timed_run_with_warmup_counts_only_the_measured_part() {
     let server = support::server(2);
     let out = poolload(
         server.local_addr(),
-        &["-c", "2", "-d", "300ms", "--warmup", "100ms", "-s", "2"],
+        &["-c", "2", "-d", "300ms", "--warmup", "300ms", "-s", "2"],
     );
     let r = report(&out);
     assert_clean(&out, &r);
@@ -300,7 +300,7 @@ fn served_and_unserved_connections_are_told_apart() {
     // Two connections, one worker: whichever the acceptor hands over first
     // is served for the whole run, the other waits in the queue.
     let server = support::server(1);
-    let out = poolload(server.local_addr(), &["-c", "2", "-d", "400ms"]);
+    let out = poolload(server.local_addr(), &["-c", "2", "-d", "1s"]);
     let r = report(&out);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(num(&r, "never_served"), 1, "{r}");
