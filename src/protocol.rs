@@ -217,21 +217,14 @@ impl Uppercaser {
             self.utf8_len = 0;
         }
 
-        for chunk in input.utf8_chunks() {
-            upper_str(chunk.valid(), out);
-            let invalid = chunk.invalid();
-            if invalid.is_empty() {
-                continue;
-            }
-            let at_end = invalid.as_ptr_range().end == input.as_ptr_range().end;
-            let incomplete =
-                at_end && std::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
-            if incomplete {
-                self.utf8[..invalid.len()].copy_from_slice(invalid);
-                self.utf8_len = invalid.len();
-            } else {
-                out.extend_from_slice(invalid);
-            }
+        if input.is_ascii() {
+            upper_ascii(input, out);
+            return;
+        }
+        let carry = upper_mixed(input, out);
+        if carry > 0 {
+            self.utf8[..carry].copy_from_slice(&input[input.len() - carry..]);
+            self.utf8_len = carry;
         }
     }
 
@@ -264,6 +257,12 @@ enum Line {
 
 /// Classifies the bytes at the start of a line.
 fn classify_line(bytes: &[u8]) -> Line {
+    // Almost every line starts with something else: decide on one byte.
+    match bytes.first() {
+        None => return Line::Undecided,
+        Some(b'e' | b'q') => {}
+        Some(_) => return Line::Ordinary,
+    }
     const QUIT_LINES: [&[u8]; 4] = [b"exit\n", b"exit\r\n", b"quit\n", b"quit\r\n"];
     let mut undecided = false;
     for line in QUIT_LINES {
@@ -281,22 +280,178 @@ fn classify_line(bytes: &[u8]) -> Line {
     }
 }
 
-/// Appends the Unicode uppercase of `s`, with a fast path for ASCII runs.
-fn upper_str(s: &str, out: &mut Vec<u8>) {
-    let mut bytes = s.as_bytes();
-    while !bytes.is_empty() {
-        let ascii = bytes.iter().position(|&b| b >= 0x80).unwrap_or(bytes.len());
-        out.extend(bytes[..ascii].iter().map(u8::to_ascii_uppercase));
-        bytes = &bytes[ascii..];
-        if bytes.is_empty() {
-            break;
+/// Appends the ASCII uppercase of `bytes` (all ASCII). Written as one
+/// map over the slice so the compiler vectorises it.
+fn upper_ascii(bytes: &[u8], out: &mut Vec<u8>) {
+    out.extend(bytes.iter().map(u8::to_ascii_uppercase));
+}
+
+/// Appends the uppercase of `input`, which is not all ASCII, in one pass
+/// that validates, decodes and converts. Returns how many trailing bytes
+/// form an incomplete UTF-8 sequence; those are not written (the caller
+/// carries them to the next read).
+///
+/// Invalid sequences are copied unchanged, cut exactly where
+/// `std::str::from_utf8` would report them (its `error_len`), so the output
+/// equals the reference made with `utf8_chunks` for any input.
+///
+/// ASCII runs are copied and uppercased in place. Other characters use two
+/// tables built once from `char::to_uppercase` (so they cannot disagree
+/// with it): the full answer for every two-byte character (Latin, Greek,
+/// Cyrillic, …), and a bitmap of the wider characters that have no
+/// uppercase (CJK, kana, Hangul, symbols, emoji), which are copied as they
+/// are. Only cased wide characters (rare) ask `char::to_uppercase`.
+///
+/// The output is written by index into a zero-filled stretch of `out`
+/// (sized for the worst case and truncated after), which lets short
+/// copies be fixed-size moves instead of `memcpy` calls.
+fn upper_mixed(input: &[u8], out: &mut Vec<u8>) -> usize {
+    let tables = case_tables();
+    let start = out.len();
+    // Worst case 3 bytes out per byte in; the 2-byte path below copies a
+    // fixed 6 bytes, which the bound covers (see `two_byte`).
+    out.resize(start + MAX_EXPANSION * input.len() + 8, 0);
+    let buf = &mut out[start..];
+    let (mut r, mut w) = (0, 0);
+    let mut carry = 0;
+    while r < input.len() {
+        if input[r] < 0x80 {
+            let run = input[r..]
+                .iter()
+                .position(|&b| b >= 0x80)
+                .unwrap_or(input.len() - r);
+            // A fused copy-and-convert: runs are short here (words), and a
+            // `memcpy` call per run costs more than the loop.
+            for (d, s) in buf[w..w + run].iter_mut().zip(&input[r..r + run]) {
+                *d = s.to_ascii_uppercase();
+            }
+            r += run;
+            w += run;
+            continue;
         }
-        // A non-ASCII character; `s` is valid UTF-8 so this is whole.
-        let rest = &s[s.len() - bytes.len()..];
-        let c = rest.chars().next().expect("non-empty valid UTF-8");
-        push_upper(c, out);
-        bytes = &bytes[c.len_utf8()..];
+        match decode(&input[r..]) {
+            Utf8::Char(2, cp) => {
+                let (upper, len) = &tables.two_byte[cp as usize];
+                buf[w..w + 6].copy_from_slice(upper);
+                w += usize::from(*len);
+                r += 2;
+            }
+            Utf8::Char(len, cp) => {
+                if tables.is_caseless(cp) {
+                    buf[w..w + len].copy_from_slice(&input[r..r + len]);
+                    w += len;
+                } else {
+                    let c = char::from_u32(cp).expect("a validated scalar value");
+                    for u in c.to_uppercase() {
+                        w += u.encode_utf8(&mut buf[w..]).len();
+                    }
+                }
+                r += len;
+            }
+            Utf8::Invalid(len) => {
+                buf[w..w + len].copy_from_slice(&input[r..r + len]);
+                r += len;
+                w += len;
+            }
+            Utf8::Incomplete => {
+                carry = input.len() - r;
+                break;
+            }
+        }
     }
+    out.truncate(start + w);
+    carry
+}
+
+/// One step of UTF-8 decoding at a non-ASCII byte.
+#[derive(Debug, PartialEq, Eq)]
+enum Utf8 {
+    /// A character of this many bytes, and its scalar value.
+    Char(usize, u32),
+    /// This many bytes form no character: the maximal prefix of a valid
+    /// sequence (`from_utf8`'s `error_len`).
+    Invalid(usize),
+    /// The bytes are a valid start cut off by the end of the input.
+    Incomplete,
+}
+
+/// Decodes the sequence starting at `b[0]` (which is `>= 0x80`) by the
+/// table of well-formed byte sequences in the Unicode standard (§3.9).
+fn decode(b: &[u8]) -> Utf8 {
+    let (len, second) = match b[0] {
+        0xC2..=0xDF => (2, 0x80..=0xBF),
+        0xE0 => (3, 0xA0..=0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80..=0xBF),
+        0xED => (3, 0x80..=0x9F),
+        0xF0 => (4, 0x90..=0xBF),
+        0xF1..=0xF3 => (4, 0x80..=0xBF),
+        0xF4 => (4, 0x80..=0x8F),
+        _ => return Utf8::Invalid(1),
+    };
+    let mut cp = u32::from(b[0]) & (0x7F >> len);
+    for k in 1..len {
+        let Some(&byte) = b.get(k) else {
+            return Utf8::Incomplete;
+        };
+        let ok = if k == 1 {
+            second.contains(&byte)
+        } else {
+            (0x80..=0xBF).contains(&byte)
+        };
+        if !ok {
+            return Utf8::Invalid(k);
+        }
+        cp = (cp << 6) | u32::from(byte & 0x3F);
+    }
+    Utf8::Char(len, cp)
+}
+
+/// Characters from here on have no case (Unicode puts every cased
+/// supplementary character in plane 1); the exhaustive unit test checks
+/// this against `char::to_uppercase` for every scalar value.
+const CASELESS_FROM: u32 = 0x20000;
+
+/// Uppercase lookups, built once.
+struct CaseTables {
+    /// For U+0000..U+07FF: the UTF-8 of its uppercase (at most 6 bytes:
+    /// `ΐ` becomes three two-byte characters) and its length. Always
+    /// copied whole: 6 bytes out for 2 in stays within the 3-to-1 bound.
+    two_byte: Vec<([u8; 6], u8)>,
+    /// For U+0000..U+1FFFF: a bit set when the character's uppercase is
+    /// itself.
+    caseless: Vec<u64>,
+}
+
+impl CaseTables {
+    /// True when `cp` is its own uppercase.
+    fn is_caseless(&self, cp: u32) -> bool {
+        cp >= CASELESS_FROM || self.caseless[cp as usize / 64] & (1 << (cp % 64)) != 0
+    }
+}
+
+fn case_tables() -> &'static CaseTables {
+    static TABLES: std::sync::OnceLock<CaseTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut two_byte = vec![([0u8; 6], 0u8); 0x800];
+        let mut caseless = vec![0u64; CASELESS_FROM as usize / 64];
+        for cp in 0..CASELESS_FROM {
+            let Some(c) = char::from_u32(cp) else {
+                continue; // surrogates never occur in valid UTF-8
+            };
+            let mut upper = c.to_uppercase();
+            if upper.len() == 1 && upper.next() == Some(c) {
+                caseless[cp as usize / 64] |= 1 << (cp % 64);
+            }
+            if cp < 0x800 {
+                let mut encoded = Vec::with_capacity(6);
+                push_upper(c, &mut encoded);
+                let entry = &mut two_byte[cp as usize];
+                entry.0[..encoded.len()].copy_from_slice(&encoded);
+                entry.1 = encoded.len() as u8;
+            }
+        }
+        CaseTables { two_byte, caseless }
+    })
 }
 
 fn push_upper(c: char, out: &mut Vec<u8>) {

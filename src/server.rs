@@ -51,7 +51,7 @@ use crate::stats::{Counters, Stats};
 ///     .start()?;
 ///
 /// let mut client = TcpStream::connect(server.local_addr())?;
-/// client.write_all(b"straße\nquit\n")?;
+/// client.write_all("straße\nquit\n".as_bytes())?;
 /// let mut reply = String::new();
 /// client.read_to_string(&mut reply)?;
 /// assert_eq!(reply, "STRASSE\n");

@@ -237,5 +237,68 @@ proptest! {
 
 #[test]
 fn non_ascii_at_line_start() {
-    assert_eq!(run(&["ßß\n".as_bytes()]), ("SSSS\n".as_bytes().to_vec(), false));
+    assert_eq!(
+        run(&["ßß\n".as_bytes()]),
+        ("SSSS\n".as_bytes().to_vec(), false)
+    );
+}
+
+/// The lookup tables must agree with `char::to_uppercase` everywhere:
+/// checked for every Unicode scalar value, alone and between ASCII.
+#[test]
+fn every_character_uppercases_like_std() {
+    let mut out = Vec::new();
+    for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+        let s = format!("a{c}b");
+        out.clear();
+        assert_eq!(upper_mixed(s.as_bytes(), &mut out), 0);
+        assert_eq!(out, s.to_uppercase().as_bytes(), "U+{:04X}", c as u32);
+    }
+}
+
+/// Bytes around every boundary of the UTF-8 well-formedness table.
+fn boundary_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        Just(b'a'),
+        Just(b'\n'),
+        Just(0x7Fu8),
+        Just(0x80),
+        Just(0x8F),
+        Just(0x90),
+        Just(0x9F),
+        Just(0xA0),
+        Just(0xBF),
+        Just(0xC0),
+        Just(0xC1),
+        Just(0xC2),
+        Just(0xDF),
+        Just(0xE0),
+        Just(0xE1),
+        Just(0xEC),
+        Just(0xED),
+        Just(0xEE),
+        Just(0xEF),
+        Just(0xF0),
+        Just(0xF1),
+        Just(0xF3),
+        Just(0xF4),
+        Just(0xF5),
+        Just(0xFF),
+    ];
+    proptest::collection::vec(byte, 0..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The one-pass decoder cuts invalid input exactly where std does.
+    #[test]
+    fn decoder_agrees_with_std_on_malformed_input(
+        input in boundary_bytes(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let cut = cut.index(input.len() + 1);
+        prop_assert_eq!(run(&[&input[..cut], &input[cut..]]), reference_reply(&input));
+        prop_assert_eq!(bytewise(&input), reference_reply(&input));
+    }
 }
