@@ -20,3 +20,5 @@ mod pool;
 mod protocol;
 /// Graceful shutdown through the library API (§4).
 mod shutdown;
+/// The fuzz corpus, replayed through the fuzz target's checks on stable.
+mod fuzz_replay;
