@@ -19,14 +19,14 @@
 #   FUZZ_SECONDS      run time in seconds (default 30)
 #   FUZZ_SANITIZER    cargo fuzz --sanitizer (default: address; "none" if ASan
 #                     does not work on this machine)
-#   FUZZ_MAX_LEN      libFuzzer -max_len (default 1024)
+#   FUZZ_MAX_LEN      libFuzzer -max_len (default 2048)
 #   CARGO_TARGET_DIR  honoured (passed as --target-dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-max_len="${FUZZ_MAX_LEN:-1024}"
+max_len="${FUZZ_MAX_LEN:-2048}"
 target=uppercase
 
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
