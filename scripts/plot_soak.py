@@ -87,11 +87,11 @@ def main():
     if d["threads"]:
         ax_fds.plot(d["t"], d["threads"], color="tab:green", linewidth=1, label="threads")
     ax_fds.set_ylabel("count")
-    ax_fds.set_ylim(0, max(hi * 1.3, 1))
+    ax_fds.set_ylim(0, max(hi * 1.45, 1))
     ax_fds.set_title(f"open file descriptors: min {lo:.0f} / max {hi:.0f} / last {last:.0f}")
     ax_fds.set_xlabel("minutes since start")
     ax_fds.grid(True, alpha=0.3)
-    ax_fds.legend(loc="lower right")
+    ax_fds.legend(loc="upper left", ncol=2)
 
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
