@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Select, Sender, TrySendError};
 use log::{debug, error, warn};
 
+use crate::closer::Closer;
 use crate::config::Overflow;
-use crate::connection::{turn_away, BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
+use crate::connection::{turn_away, write_busy, BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, LiveGuard};
 
@@ -37,10 +38,12 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Turns the connection away with `line` and counts it as rejected.
-    pub(crate) fn reject(mut self, line: &[u8]) {
-        turn_away(&self.stream, line);
+    /// Turns the connection away with `line` and counts it as rejected
+    /// (once the closer has finished its lingering close).
+    pub(crate) fn reject(mut self, line: &[u8], closer: &Closer) {
+        write_busy(&self.stream, line);
         self.live.set_rejected();
+        closer.close(self.stream, self.live);
     }
 }
 
@@ -58,6 +61,8 @@ pub(crate) struct Acceptor {
     pub(crate) overflow: Overflow,
     pub(crate) counters: Arc<Counters>,
     pub(crate) shutdown: Arc<Shutdown>,
+    /// Finishes the lingering close of connections turned away.
+    pub(crate) closer: Closer,
     /// A descriptor kept open only to be closed when the fd table is full.
     pub(crate) spare_fd: Option<File>,
     pub(crate) backoff: Option<Duration>,
@@ -71,6 +76,7 @@ impl Acceptor {
         overflow: Overflow,
         counters: Arc<Counters>,
         shutdown: Arc<Shutdown>,
+        closer: Closer,
     ) -> Self {
         Acceptor {
             listener,
@@ -78,6 +84,7 @@ impl Acceptor {
             overflow,
             counters,
             shutdown,
+            closer,
             spare_fd: File::open("/dev/null").ok(),
             backoff: None,
             error_log: RateLimit::new(ERROR_LOG_INTERVAL),
@@ -125,13 +132,13 @@ impl Acceptor {
                 match self.overflow {
                     Overflow::Reject => {
                         debug!("accept queue full; turning {} away", job.peer);
-                        job.reject(BUSY_FULL);
+                        job.reject(BUSY_FULL, &self.closer);
                     }
                     Overflow::Block => self.wait_for_room(job),
                 }
             }
             // Workers only drop their receivers after the acceptor is gone.
-            Err(TrySendError::Disconnected(job)) => job.reject(BUSY_SHUTDOWN),
+            Err(TrySendError::Disconnected(job)) => job.reject(BUSY_SHUTDOWN, &self.closer),
         }
     }
 
@@ -143,13 +150,13 @@ impl Acceptor {
         let op = select.select();
         if op.index() == send {
             if let Err(e) = op.send(&self.queue, job) {
-                e.into_inner().reject(BUSY_SHUTDOWN);
+                e.into_inner().reject(BUSY_SHUTDOWN, &self.closer);
             }
             self.counters.note_queued(self.queue.len());
         } else {
             debug_assert_eq!(op.index(), stop);
             let _ = op.recv(self.shutdown.signal());
-            job.reject(BUSY_SHUTDOWN);
+            job.reject(BUSY_SHUTDOWN, &self.closer);
         }
     }
 

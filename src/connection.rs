@@ -15,7 +15,7 @@ use crate::stats::WorkerIo;
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so that the client is not reset while our last
-/// replies are in flight (contract §2.6).
+/// replies are in flight (contract §2.6). See `closer.rs`.
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// Why [`Connection::read`] reported the end of the stream.
@@ -260,41 +260,21 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Closes a served connection without destroying replies in flight: send
-/// our FIN, then read and discard what the client still sends until it
-/// closes or [`LINGER`] passes. Closing with unread data would make the
-/// kernel send a reset, which can throw away replies the client has not
-/// read yet.
-pub(crate) fn lingering_close(stream: TcpStream, scratch: &mut [u8]) {
-    if stream.shutdown(Direction::Write).is_err() {
-        return; // already reset or closed by the peer: nothing to protect
-    }
-    let until = Instant::now() + LINGER;
-    let mut timeout = LINGER;
-    while stream.set_read_timeout(Some(timeout)).is_ok() {
-        match (&stream).read(scratch) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-        match until.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => timeout = left,
-            _ => break,
-        }
+/// Writes one `BUSY …` line without blocking (a fresh socket's send buffer
+/// is empty, so one short line fits). The caller then closes the
+/// connection, normally through the closer's lingering close.
+pub(crate) fn write_busy(stream: &TcpStream, line: &[u8]) {
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&*stream).write(line);
     }
 }
 
-/// Turns a connection away without serving it: one `BUSY …` line, then
-/// close. Never blocks: the caller is the acceptor or a worker with others
-/// waiting. What the client already sent is drained without waiting, so the
-/// close is a FIN (and the client sees the `BUSY` line) rather than a reset.
+/// Turns a connection away at once, for when it cannot be lingered over
+/// (the fd table is full): the `BUSY` line, our FIN, and what the client
+/// already sent is drained without waiting, so the close is usually a FIN
+/// rather than a reset.
 pub(crate) fn turn_away(stream: &TcpStream, line: &[u8]) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    // A fresh socket's send buffer is empty, so one short line fits.
-    let _ = (&*stream).write(line);
+    write_busy(stream, line);
     let _ = stream.shutdown(Direction::Write);
     let mut scratch = [0u8; 4096];
     // Bounded: at most 64 KiB of whatever is already queued.

@@ -24,7 +24,8 @@
 //! | start and stop | [`Server`] (`server.rs`) |
 //! | the accept loop and the queue | `acceptor.rs` |
 //! | the worker loop | `pool.rs` |
-//! | timeouts, lingering close, `BUSY` | [`Connection`] (`connection.rs`) |
+//! | timeouts, `BUSY` | [`Connection`] (`connection.rs`) |
+//! | the lingering close | `closer.rs` |
 //! | the uppercase bytes rules | [`protocol`] |
 //! | what a worker runs | [`Service`], [`Uppercase`] (`service.rs`) |
 //! | the counters | [`Stats`] (`stats.rs`) |
@@ -64,6 +65,7 @@
 
 mod acceptor;
 pub mod client;
+mod closer;
 mod config;
 mod connection;
 mod error;

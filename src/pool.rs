@@ -21,7 +21,8 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 
 use crate::acceptor::Job;
-use crate::connection::{is_write_stall, lingering_close, Connection, End, Limits, Pressure};
+use crate::closer::Closer;
+use crate::connection::{is_write_stall, Connection, End, Limits, Pressure};
 use crate::connection::{BUSY_SHUTDOWN, BUSY_WAITED};
 use crate::service::{Buffers, Service};
 use crate::shutdown::Shutdown;
@@ -37,6 +38,9 @@ pub(crate) struct PoolContext {
     /// `None` when connections may wait in the queue as long as it takes.
     pub(crate) queue_timeout: Option<Duration>,
     pub(crate) read_buffer_size: usize,
+    /// Takes over each connection's lingering close, so the worker can go
+    /// on to the next connection at once.
+    pub(crate) closer: Closer,
 }
 
 /// A running worker thread.
@@ -112,7 +116,7 @@ impl PoolContext {
         let waited = job.accepted_at.elapsed();
         if self.shutdown.deadline_passed() {
             // Contract §4: still queued at the deadline means closed unserved.
-            job.reject(BUSY_SHUTDOWN);
+            job.reject(BUSY_SHUTDOWN, &self.closer);
             return;
         }
         if self.queue_timeout.is_some_and(|limit| waited > limit) {
@@ -121,27 +125,23 @@ impl PoolContext {
                 job.peer,
                 humantime::format_duration(round_ms(waited))
             );
-            job.reject(BUSY_WAITED);
+            job.reject(BUSY_WAITED, &self.closer);
             return;
         }
         self.counters.record_wait(waited);
 
-        // Declared before `stream` so they are dropped after it: the
-        // connection stays live, and the worker busy, until the socket is
-        // really closed.
+        // The worker is busy until it hands the socket to the closer; the
+        // connection stays live until the closer has closed it.
         let Job {
-            stream,
-            peer,
-            live: _live,
-            ..
+            stream, peer, live, ..
         } = job;
-        let _busy = BusyGuard::new(&self.counters);
+        let busy = BusyGuard::new(&self.counters);
 
         let served = catch_unwind(AssertUnwindSafe(|| {
             self.serve(id, &stream, peer, bufs, queue)
         }));
         match served {
-            Ok(Ok(())) => lingering_close(stream, &mut bufs.input),
+            Ok(Ok(())) => self.closer.close(stream, live),
             Ok(Err(e)) => {
                 let counter = if is_write_stall(&e) {
                     warn!("{peer}: {e}; closing the connection");
@@ -152,6 +152,7 @@ impl PoolContext {
                 };
                 counter.fetch_add(1, Relaxed);
                 drop(stream);
+                drop(live);
             }
             Err(panic) => {
                 self.counters.panics.fetch_add(1, Relaxed);
@@ -161,9 +162,10 @@ impl PoolContext {
                     panic_message(&*panic)
                 );
                 bufs.output.clear();
-                lingering_close(stream, &mut bufs.input);
+                self.closer.close(stream, live);
             }
         }
+        drop(busy);
     }
 
     fn serve(

@@ -20,6 +20,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::{Acceptor, Job};
+use crate::closer::Closer;
 use crate::config::ServerBuilder;
 use crate::connection::{Limits, MinRate};
 use crate::error::Error;
@@ -72,6 +73,9 @@ pub struct Server {
     listener: Socket,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<Worker>,
+    /// Exits once every worker and the acceptor are gone and the last
+    /// lingering close is done.
+    closer: Option<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
     default_grace: Duration,
 }
@@ -114,6 +118,9 @@ impl Server {
         }
         for worker in self.workers.drain(..) {
             worker.join();
+        }
+        if let Some(closer) = self.closer.take() {
+            let _ = closer.join();
         }
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
@@ -185,7 +192,7 @@ impl ServerBuilder {
         let shutdown = Arc::new(Shutdown::new());
         let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(self.backlog);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        // Every acceptor and worker thread holds a clone of `done_tx`; the
+        // The acceptor, every worker and the closer hold a clone of `done_tx`; the
         // monitor's receive fails once all of them have exited.
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
 
@@ -199,9 +206,13 @@ impl ServerBuilder {
             listener: waker,
             acceptor: None,
             workers: Vec::with_capacity(self.workers),
+            closer: None,
             monitor: None,
             default_grace: self.shutdown_timeout,
         };
+
+        let (closer, closer_thread) = Closer::spawn(done_tx.clone()).map_err(Error::Spawn)?;
+        server.closer = Some(closer_thread);
 
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let ctx = Arc::new(PoolContext {
@@ -217,6 +228,7 @@ impl ServerBuilder {
             },
             queue_timeout: nonzero(self.queue_timeout),
             read_buffer_size: self.read_buffer_size,
+            closer: closer.clone(),
         });
         let mut started = 0;
         for id in 0..self.workers {
@@ -246,7 +258,14 @@ impl ServerBuilder {
             started += 1;
         }
 
-        let acceptor = Acceptor::new(listener, queue_tx, self.overflow, counters, shutdown);
+        let acceptor = Acceptor::new(
+            listener,
+            queue_tx,
+            self.overflow,
+            counters,
+            shutdown,
+            closer,
+        );
         let acceptor_ready = ready_tx.clone();
         let acceptor_done = done_tx;
         server.acceptor = Some(

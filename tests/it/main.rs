@@ -12,6 +12,8 @@ mod attack;
 mod cli;
 /// The `poolclient` binary (§5).
 mod client;
+/// The fuzz corpus, replayed through the fuzz target's checks on stable.
+mod fuzz_replay;
 /// The `poolload` load generator (§6).
 mod load;
 /// Occupancy, overflow, timeouts and panics in the worker pool (§1, §3).
@@ -20,5 +22,3 @@ mod pool;
 mod protocol;
 /// Graceful shutdown through the library API (§4).
 mod shutdown;
-/// The fuzz corpus, replayed through the fuzz target's checks on stable.
-mod fuzz_replay;
