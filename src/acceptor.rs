@@ -161,11 +161,16 @@ impl Acceptor {
     }
 
     fn saturated(&self) {
-        if self.counters.begin_saturation() {
+        if let Some(unlogged) = self.counters.begin_saturation() {
+            let earlier = if unlogged == 0 {
+                String::new()
+            } else {
+                format!(" ({unlogged} shorter episodes since the last warning were not logged)")
+            };
             warn!(
                 "all {} workers are busy; new connections wait in the accept queue \
                  (capacity {}). More workers, or --overflow reject, or a --queue-timeout \
-                 would shorten the wait",
+                 would shorten the wait{earlier}",
                 self.counters.workers(),
                 self.queue.capacity().unwrap_or(0),
             );

@@ -85,7 +85,7 @@ pub use config::{
 };
 pub use connection::{Connection, End};
 pub use error::Error;
-pub use server::Server;
+pub use server::{Server, STARTUP_TARGET};
 pub use service::{Buffers, Echo, Service, Uppercase};
 pub use stats::Stats;
 

@@ -287,7 +287,10 @@ impl ServerBuilder {
             }
         }
 
+        // Its own target, so a binary can show this line even when it logs
+        // only warnings: it is how a user learns the real port.
         info!(
+            target: STARTUP_TARGET,
             "listening on {local_addr} with {} workers, accept queue capacity {} \
              (listen backlog {listen_backlog}, overflow {})",
             self.workers, self.backlog, self.overflow
@@ -295,6 +298,9 @@ impl ServerBuilder {
         Ok(server)
     }
 }
+
+/// The log target of the one line that says where the server listens.
+pub const STARTUP_TARGET: &str = "poolserver::startup";
 
 /// Binds and listens with an explicit kernel backlog, which std's
 /// `TcpListener::bind` does not allow.

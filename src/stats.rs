@@ -145,7 +145,23 @@ pub(crate) struct Counters {
     /// True while every worker is busy and connections wait (a saturation
     /// episode); flipped only at the edges, so it is logged once each way.
     saturated: AtomicBool,
-    saturated_since: Mutex<Option<Instant>>,
+    /// Taken only at the edges of an episode.
+    saturation_log: Mutex<SaturationLog>,
+}
+
+/// How often saturation episodes are logged. Under a load that keeps the
+/// pool exactly full, episodes can start and end thousands of times a
+/// second; at most one is logged per this interval, and the next logged
+/// one says how many were not.
+const SATURATION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct SaturationLog {
+    /// Start of the current episode, if its start was logged.
+    logged_since: Option<Instant>,
+    last_logged: Option<Instant>,
+    /// Episodes since then that were not logged.
+    unlogged: u64,
 }
 
 impl Counters {
@@ -170,7 +186,7 @@ impl Counters {
             io: (0..workers).map(|_| CachePadded::default()).collect(),
             queue_wait: Mutex::new(new_wait_histogram()),
             saturated: AtomicBool::new(false),
-            saturated_since: Mutex::new(None),
+            saturation_log: Mutex::new(SaturationLog::default()),
         }
     }
 
@@ -196,27 +212,39 @@ impl Counters {
         self.queue_wait.lock().saturating_record(us.max(1));
     }
 
-    /// Marks the start of a saturation episode; true only for the call
-    /// that started it (so the caller logs it once).
-    pub(crate) fn begin_saturation(&self) -> bool {
+    /// Marks the start of a saturation episode. `Some(n)` when the caller
+    /// should log it (`n` earlier episodes went unlogged), `None` when the
+    /// episode was already on or is one too many to log.
+    pub(crate) fn begin_saturation(&self) -> Option<u64> {
         if self.saturated.load(Relaxed) || self.saturated.swap(true, Relaxed) {
-            return false;
+            return None;
         }
-        *self.saturated_since.lock() = Some(Instant::now());
-        true
+        let mut log = self.saturation_log.lock();
+        let now = Instant::now();
+        if log
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < SATURATION_LOG_INTERVAL)
+        {
+            log.unlogged += 1;
+            log.logged_since = None;
+            return None;
+        }
+        log.last_logged = Some(now);
+        log.logged_since = Some(now);
+        Some(std::mem::take(&mut log.unlogged))
     }
 
-    /// Ends a saturation episode if one is on, returning how long it lasted.
+    /// Ends a saturation episode if one is on; returns how long it lasted
+    /// when its start was logged (so its end should be too).
     pub(crate) fn end_saturation(&self) -> Option<Duration> {
         if !self.saturated.load(Relaxed) || !self.saturated.swap(false, Relaxed) {
             return None;
         }
-        Some(
-            self.saturated_since
-                .lock()
-                .take()
-                .map_or(Duration::ZERO, |t| t.elapsed()),
-        )
+        self.saturation_log
+            .lock()
+            .logged_since
+            .take()
+            .map(|t| t.elapsed())
     }
 
     /// A copy of the queue-wait histogram since start.
@@ -383,6 +411,25 @@ mod tests {
         assert!(r.is_err());
         let s = c.snapshot(0);
         assert_eq!((s.live, s.busy, s.closed), (0, 0, 1));
+    }
+
+    #[test]
+    fn saturation_episodes_are_logged_at_most_once_per_interval() {
+        let c = Counters::new(1, 1);
+        assert_eq!(c.begin_saturation(), Some(0));
+        assert_eq!(c.begin_saturation(), None, "already on");
+        assert!(
+            c.end_saturation().is_some(),
+            "a logged start gets a logged end"
+        );
+        assert_eq!(c.end_saturation(), None, "already off");
+        // A flapping pool: the next episodes are counted, not logged.
+        for _ in 0..3 {
+            assert_eq!(c.begin_saturation(), None);
+            assert_eq!(c.end_saturation(), None);
+        }
+        c.saturation_log.lock().last_logged = Some(Instant::now() - SATURATION_LOG_INTERVAL);
+        assert_eq!(c.begin_saturation(), Some(3));
     }
 
     #[test]

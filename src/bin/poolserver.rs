@@ -230,32 +230,50 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Logs go to stderr (coloured only on a terminal) and, if asked, to a file.
+/// Logs go to stderr (coloured only on a terminal) and, if asked, to a
+/// file. The startup line (where the server listens) is shown at every
+/// level: with `--log-level warn` it is still the only way to learn the
+/// real port.
 fn init_logging(level: LevelFilter, file: Option<&PathBuf>) -> Result<(), String> {
-    let config = ConfigBuilder::new()
-        .set_target_level(LevelFilter::Error)
-        .set_thread_level(LevelFilter::Off)
-        .set_location_level(LevelFilter::Off)
-        .set_time_format_rfc3339()
+    let base = || {
+        let mut b = ConfigBuilder::new();
+        b.set_target_level(LevelFilter::Error)
+            .set_thread_level(LevelFilter::Off)
+            .set_location_level(LevelFilter::Off)
+            .set_time_format_rfc3339();
+        b
+    };
+    let everything_else = base()
+        .add_filter_ignore_str(poolserver::STARTUP_TARGET)
         .build();
+    let startup_only = base()
+        .add_filter_allow_str(poolserver::STARTUP_TARGET)
+        .build();
+    let startup_level = level.max(LevelFilter::Info);
     let color = if std::io::stderr().is_terminal() {
         ColorChoice::Auto
     } else {
         ColorChoice::Never
     };
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![TermLogger::new(
-        level,
-        config.clone(),
-        TerminalMode::Stderr,
-        color,
-    )];
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![
+        TermLogger::new(level, everything_else.clone(), TerminalMode::Stderr, color),
+        TermLogger::new(
+            startup_level,
+            startup_only.clone(),
+            TerminalMode::Stderr,
+            color,
+        ),
+    ];
     if let Some(path) = file {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
-        loggers.push(WriteLogger::new(level, config, f));
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))
+        };
+        loggers.push(WriteLogger::new(level, everything_else, open()?));
+        loggers.push(WriteLogger::new(startup_level, startup_only, open()?));
     }
     CombinedLogger::init(loggers).map_err(|e| format!("cannot set up logging: {e}"))
 }

@@ -275,3 +275,21 @@ fn saturation_is_warned_once_per_episode_and_its_end_is_logged() {
     assert_eq!(warnings, 1, "{:?}", server.seen);
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn the_startup_line_shows_even_when_only_warnings_are_logged() {
+    // `start` waits for the "listening on" line: it must come.
+    let mut server = ServerProcess::start(&["--log-level", "warn", "--monitor-interval", "50ms"]);
+    let mut c = served_client(server.addr);
+    c.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    let lines = server.drain_lines();
+    let infos: Vec<_> = lines.iter().filter(|l| l.contains("[INFO]")).collect();
+    assert_eq!(infos.len(), 1, "only the startup line at info: {infos:?}");
+    assert!(
+        infos[0].contains("poolserver::startup: listening on"),
+        "{infos:?}"
+    );
+}
