@@ -147,14 +147,21 @@ done
 
 for round in $(seq "$ROUNDS"); do
     echo "== round $round/$ROUNDS" >&2
-    for name in "${SERVERS[@]}"; do
+    # Rotate the order every round: whoever runs first after the previous
+    # round's connect scenario (thousands of sockets in TIME_WAIT) would
+    # otherwise always take that hit.
+    ORDER=()
+    for i in "${!SERVERS[@]}"; do
+        ORDER+=("${SERVERS[$(( (i + round - 1) % ${#SERVERS[@]} ))]}")
+    done
+    for name in "${ORDER[@]}"; do
         run_load "$round" pingpong "$name" --mode pingpong -c "$CONNS" -s "$SIZE" \
             -d "$DURATION" --warmup 1s
     done
-    for name in "${SERVERS[@]}"; do
+    for name in "${ORDER[@]}"; do
         run_load "$round" bulk "$name" --mode bulk -c 1 --bulk-mib "$BULK_MIB" --deadline 120s
     done
-    for name in "${SERVERS[@]}"; do
+    for name in "${ORDER[@]}"; do
         run_load "$round" connect "$name" --mode connect -c "$CONNS" -s "$SIZE" \
             -d "$DURATION" --warmup 1s
     done
