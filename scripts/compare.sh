@@ -17,7 +17,7 @@
 #   bulk      one connection streaming MIB MiB: MB/s
 #   connect   -c C loops of connect, one round trip, quit, close: connections/s
 #
-# Each round runs every scenario against every server in turn (servers
+# Each scenario runs ROUNDS rounds against every server in turn (servers
 # interleaved within a round, so a slow spell of a shared machine hits all
 # of them alike); the table shows medians over the rounds and each
 # server's ratio to the two baselines. Peak RSS (VmHWM) of every server is
@@ -145,27 +145,29 @@ done
     echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS connections=$CONNS size=$SIZE bulk_mib=$BULK_MIB"
 } > "$OUT/meta.txt"
 
-for round in $(seq "$ROUNDS"); do
-    echo "== round $round/$ROUNDS" >&2
-    # Rotate the order every round: whoever runs first after the previous
-    # round's connect scenario (thousands of sockets in TIME_WAIT) would
-    # otherwise always take that hit.
-    ORDER=()
-    for i in "${!SERVERS[@]}"; do
-        ORDER+=("${SERVERS[$(( (i + round - 1) % ${#SERVERS[@]} ))]}")
+# Scenario by scenario: all rounds of one before the next, so that no
+# scenario runs in the wake of another (a connect storm leaves thousands of
+# sockets in TIME_WAIT and the scheduler's wake-up heuristics disturbed for
+# a few seconds, which hurts long-lived worker threads more than fresh
+# per-connection ones). Within a scenario the servers are interleaved and
+# their order rotates every round.
+run_scenario() {
+    local scenario=$1
+    shift
+    for round in $(seq "$ROUNDS"); do
+        echo "== $scenario round $round/$ROUNDS" >&2
+        local order=()
+        for i in "${!SERVERS[@]}"; do
+            order+=("${SERVERS[$(( (i + round - 1) % ${#SERVERS[@]} ))]}")
+        done
+        for name in "${order[@]}"; do
+            run_load "$round" "$scenario" "$name" "$@"
+        done
     done
-    for name in "${ORDER[@]}"; do
-        run_load "$round" pingpong "$name" --mode pingpong -c "$CONNS" -s "$SIZE" \
-            -d "$DURATION" --warmup 1s
-    done
-    for name in "${ORDER[@]}"; do
-        run_load "$round" bulk "$name" --mode bulk -c 1 --bulk-mib "$BULK_MIB" --deadline 120s
-    done
-    for name in "${ORDER[@]}"; do
-        run_load "$round" connect "$name" --mode connect -c "$CONNS" -s "$SIZE" \
-            -d "$DURATION" --warmup 1s
-    done
-done
+}
+run_scenario pingpong --mode pingpong -c "$CONNS" -s "$SIZE" -d "$DURATION" --warmup 1s
+run_scenario bulk --mode bulk -c 1 --bulk-mib "$BULK_MIB" --deadline 120s
+run_scenario connect --mode connect -c "$CONNS" -s "$SIZE" -d "$DURATION" --warmup 1s
 
 # Peak resident memory of each server over the whole run, before stopping it.
 RSS="$OUT/rss.jsonl"
