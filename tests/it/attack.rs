@@ -194,13 +194,7 @@ fn a_full_fd_table_is_survived_logged_sparingly_and_recovered_from() {
         warnings >= 1 && warnings <= warned_for.as_secs() + 2,
         "{warnings} warnings in {warned_for:?}"
     );
-    let stdout = server.child.stdout.take().unwrap();
-    let last = BufReader::new(stdout)
-        .lines()
-        .map(|l| l.unwrap())
-        .last()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let v = server.final_json_report();
     let n = |k: &str| v[k].as_u64().unwrap();
     assert_eq!(v["final"], true);
     assert_eq!(n("live"), 0);
@@ -420,13 +414,7 @@ fn sigterm_while_64_connections_stream_loses_nothing() {
     let outcomes: Vec<&str> = streams.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(4), "{took:?}");
-    let stdout = server.child.stdout.take().unwrap();
-    let last = BufReader::new(stdout)
-        .lines()
-        .map(|l| l.unwrap())
-        .last()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let v = server.final_json_report();
     let n = |k: &str| v[k].as_u64().unwrap();
     assert_eq!((n("live"), n("busy")), (0, 0), "{v}");
     // Every byte read was answered (ASCII uppercases one to one)...

@@ -191,6 +191,18 @@ impl ServerProcess {
         }
     }
 
+    /// The last line the server wrote to stdout, as JSON: with
+    /// `--monitor-format json`, the final monitor report. Call after exit.
+    pub fn final_json_report(&mut self) -> serde_json::Value {
+        let stdout = self.child.stdout.take().expect("stdout not taken yet");
+        let last = BufReader::new(stdout)
+            .lines()
+            .map(|l| l.expect("read stdout"))
+            .last()
+            .expect("at least one report");
+        serde_json::from_str(&last).expect("a JSON report")
+    }
+
     /// Peak resident memory of the process so far, in KiB (Linux).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
