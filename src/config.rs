@@ -116,6 +116,32 @@ pub const DEFAULT_READ_BUFFER: usize = 32 * 1024;
 /// default. Only touched pages cost memory either way.
 pub const DEFAULT_WORKER_STACK: usize = 512 * 1024;
 
+/// Parses a duration the way every poolserver command line takes one:
+/// `250ms`, `30s`, `5m`, or a bare number of seconds (`1.5`); zero allowed
+/// (for a timeout it means "off").
+///
+/// # Errors
+///
+/// A message saying how to write a duration.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(poolserver::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(poolserver::parse_duration("2"), Ok(Duration::from_secs(2)));
+/// assert!(poolserver::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a valid number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 250ms, 30s or 5m"))
+}
+
 impl Default for ServerBuilder {
     fn default() -> Self {
         ServerBuilder {

@@ -78,7 +78,7 @@ mod service;
 mod shutdown;
 mod stats;
 
-pub use config::{MonitorFormat, Overflow, ServerBuilder};
+pub use config::{parse_duration, MonitorFormat, Overflow, ServerBuilder};
 pub use config::{
     DEFAULT_ADDR, DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
     DEFAULT_READ_BUFFER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WORKER_STACK, DEFAULT_WRITE_TIMEOUT,

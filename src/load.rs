@@ -471,20 +471,7 @@ impl fmt::Display for Report {
     }
 }
 
-/// `250ms`, `30s`, `5m`, or a bare number of seconds; zero allowed.
-///
-/// # Errors
-///
-/// A message saying how to write a duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("`{s}` is not a valid number of seconds"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 250ms, 30s or 5m"))
-}
+pub use crate::config::parse_duration;
 
 /// Like [`parse_duration`], but zero is refused.
 ///

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use log::{info, LevelFilter};
-use poolserver::{Echo, MonitorFormat, Overflow, Server, Uppercase};
+use poolserver::{parse_duration, Echo, MonitorFormat, Overflow, Server, Uppercase};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
@@ -127,17 +127,6 @@ enum LevelArg {
 enum ServiceArg {
     Uppercase,
     Echo,
-}
-
-/// `250ms`, `30s`, `5m`, or a bare number of seconds (`0` = off).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("`{s}` is not a valid number of seconds"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 250ms, 30s or 5m"))
 }
 
 fn main() -> ExitCode {
