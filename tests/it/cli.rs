@@ -178,15 +178,7 @@ fn text_monitor_lines_have_the_contract_fields_in_order() {
         &keys[..8],
         ["busy", "workers", "queued", "backlog", "live", "accepted", "rejected", "closed"]
     );
-    for key in [
-        "conn_per_s",
-        "wait_p50",
-        "wait_p99",
-        "peak_busy",
-        "peak_queued",
-        "peak_live",
-        "panics",
-    ] {
+    for key in crate::support::MONITOR_EXTRA_FIELDS {
         assert!(keys.contains(&key), "{key} missing: {line}");
     }
     assert!(

@@ -284,15 +284,7 @@ fn json_monitor_reports_satisfy_the_invariants() {
             "{r}"
         );
         saw_queued |= n("queued") == 1 && n("busy") == 2;
-        for key in [
-            "conn_per_s",
-            "wait_p50",
-            "wait_p99",
-            "peak_busy",
-            "peak_queued",
-            "peak_live",
-            "panics",
-        ] {
+        for key in support::MONITOR_EXTRA_FIELDS {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
     }

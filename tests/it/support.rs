@@ -18,6 +18,17 @@ use poolserver::{Server, ServerBuilder};
 /// waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The monitor fields that contract §3 requires after the first eight.
+pub const MONITOR_EXTRA_FIELDS: [&str; 7] = [
+    "conn_per_s",
+    "wait_p50",
+    "wait_p99",
+    "peak_busy",
+    "peak_queued",
+    "peak_live",
+    "panics",
+];
+
 /// A builder for a server on 127.0.0.1, any free port, monitor off.
 pub fn builder() -> ServerBuilder {
     Server::builder()
