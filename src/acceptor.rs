@@ -9,15 +9,28 @@
 //! next success. On a full fd table it also uses a spare descriptor to
 //! accept one waiting client and tell it `BUSY`, so clients get an answer
 //! instead of hanging in the kernel's queue (libuv's "EMFILE trick").
+//!
+//! The listener is non-blocking and the thread waits in `epoll` (through
+//! mio) on it and on a [`Waker`] that shutdown rings. That is what lets
+//! shutdown stop the loop *without* shutting the listening socket down:
+//! on Linux `shutdown(2)` on a listener resets every connection that has
+//! finished its handshake but was not accepted yet — clients that believe
+//! they are connected and may already have sent data. Instead, when
+//! shutdown begins the acceptor empties the kernel's queue itself (each
+//! connection goes into the accept queue if there is room, or is told
+//! `BUSY server shutting down`), and only then closes the listener.
 
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, Sender, TrySendError};
 use log::{debug, error, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::closer::Closer;
 use crate::config::Overflow;
@@ -52,9 +65,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one accept-error line per this interval; the next line says how
 /// many were left out.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// At shutdown, at most this many connections are taken from the kernel's
+/// queue (it holds at most the listen backlog, but a flood keeps adding).
+const MAX_DRAIN: usize = 65_536;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
 
 pub(crate) struct Acceptor {
+    /// Non-blocking; closed when the acceptor ends.
     pub(crate) listener: TcpListener,
+    /// Waits for the listener to be readable or the waker to ring.
+    pub(crate) poll: Poll,
     /// The only sender of the accept queue. Dropped when this thread ends,
     /// which tells the workers to exit once the queue is empty.
     pub(crate) queue: Sender<Job>,
@@ -70,6 +92,8 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
+    /// Makes the listener non-blocking and registers it. The returned
+    /// waker must be woken after [`Shutdown::begin`] to stop the acceptor.
     pub(crate) fn new(
         listener: TcpListener,
         queue: Sender<Job>,
@@ -77,9 +101,18 @@ impl Acceptor {
         counters: Arc<Counters>,
         shutdown: Arc<Shutdown>,
         closer: Closer,
-    ) -> Self {
-        Acceptor {
+    ) -> io::Result<(Self, Waker)> {
+        listener.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let acceptor = Acceptor {
             listener,
+            poll,
             queue,
             overflow,
             counters,
@@ -88,37 +121,93 @@ impl Acceptor {
             spare_fd: File::open("/dev/null").ok(),
             backoff: None,
             error_log: RateLimit::new(ERROR_LOG_INTERVAL),
-        }
+        };
+        Ok((acceptor, waker))
     }
 
-    /// Accepts until shutdown begins. The server wakes a blocked `accept`
-    /// by shutting the listening socket down.
+    /// Accepts until shutdown begins, then empties the kernel's queue and
+    /// closes the listener (by dropping it).
     pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(4);
         while !self.shutdown.has_begun() {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = None;
-                    if self.shutdown.has_begun() {
-                        // Raced with shutdown: the listener is closing, so
-                        // this client is refused like any later one.
-                        break;
-                    }
                     self.dispatch(stream, peer);
+                }
+                // The kernel's queue is empty: wait for a client or for
+                // shutdown. mio is edge-triggered, which is why the loop
+                // only waits after `accept` has said WouldBlock.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.poll.poll(&mut events, None) {
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            self.on_error(e);
+                        }
+                    }
                 }
                 Err(e) => self.on_error(e),
             }
         }
-        debug!("acceptor stopped; the accept queue is closed to new connections");
+        let (queued, refused) = self.drain_kernel_queue();
+        debug!(
+            "acceptor stopped: {queued} connections still waiting in the kernel were queued,              {refused} told BUSY; the listener is closed"
+        );
     }
 
-    /// Hands a new connection to the queue, or deals with a full queue.
-    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let job = Job {
+    /// Takes every connection that finished its handshake before shutdown
+    /// and is still in the kernel's queue: it goes into the accept queue
+    /// while there is room (workers keep serving until the deadline), and
+    /// is told `BUSY server shutting down` otherwise. Returns how many of
+    /// each.
+    fn drain_kernel_queue(&mut self) -> (usize, usize) {
+        let (mut queued, mut refused) = (0, 0);
+        for _ in 0..MAX_DRAIN {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_per_connection(&e) && e.kind() != io::ErrorKind::WouldBlock => {
+                    continue
+                }
+                // Out of fds: take them one at a time with the spare.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.shed_one_with_spare_fd() {
+                        refused += 1;
+                        continue;
+                    }
+                    break;
+                }
+                Err(_) => break, // the queue is empty (or failing): done
+            };
+            match self.queue.try_send(self.job(stream, peer)) {
+                Ok(()) => {
+                    queued += 1;
+                    self.counters.note_queued(self.queue.len());
+                }
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    refused += 1;
+                    job.reject(BUSY_SHUTDOWN, &self.closer);
+                }
+            }
+        }
+        (queued, refused)
+    }
+
+    fn job(&self, stream: TcpStream, peer: SocketAddr) -> Job {
+        // Linux does not pass the listener's O_NONBLOCK on to accepted
+        // sockets; other systems do, and workers expect blocking sockets.
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream.set_nonblocking(false);
+        Job {
             stream,
             peer,
             accepted_at: Instant::now(),
             live: LiveGuard::new(&self.counters),
-        };
+        }
+    }
+
+    /// Hands a new connection to the queue, or deals with a full queue.
+    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let job = self.job(stream, peer);
         match self.queue.try_send(job) {
             Ok(()) => {
                 let queued = self.queue.len();
@@ -179,7 +268,7 @@ impl Acceptor {
 
     fn on_error(&mut self, e: io::Error) {
         if self.shutdown.has_begun() {
-            return; // the listener was shut down to wake us
+            return; // the loop is about to end anyway
         }
         self.counters
             .accept_errors
@@ -242,23 +331,26 @@ impl Acceptor {
 
     /// With the fd table full, close the spare descriptor so that one
     /// waiting client can be accepted and told `BUSY`, then take the spare
-    /// back. Non-blocking: if nobody is waiting, nothing happens.
-    fn shed_one_with_spare_fd(&mut self) {
+    /// back. Non-blocking: if nobody is waiting, nothing happens. True if
+    /// a client was turned away.
+    fn shed_one_with_spare_fd(&mut self) -> bool {
         let Some(spare) = self.spare_fd.take() else {
             self.spare_fd = File::open("/dev/null").ok();
-            return;
+            return false;
         };
         drop(spare);
-        if self.listener.set_nonblocking(true).is_ok() {
-            if let Ok((stream, peer)) = self.listener.accept() {
+        let shed = match self.listener.accept() {
+            Ok((stream, peer)) => {
                 debug!("out of file descriptors; turning {peer} away");
                 let mut live = LiveGuard::new(&self.counters);
                 live.set_rejected();
                 turn_away(&stream, BUSY_NO_FDS);
+                true
             }
-            let _ = self.listener.set_nonblocking(false);
-        }
+            Err(_) => false,
+        };
         self.spare_fd = File::open("/dev/null").ok();
+        shed
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
+use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::{Acceptor, Job};
@@ -68,9 +69,9 @@ pub struct Server {
     shutdown: Arc<Shutdown>,
     /// A receiver of the accept queue, kept only to read its length.
     queue: Receiver<Job>,
-    /// A second handle on the listening socket, used to wake the acceptor
-    /// out of `accept(2)` at shutdown.
-    listener: Socket,
+    /// Rung at shutdown to wake the acceptor, which then empties the
+    /// kernel's queue and closes the listener.
+    acceptor_waker: Option<Waker>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<Worker>,
     /// Exits once every worker and the acceptor are gone and the last
@@ -100,6 +101,9 @@ impl Server {
     /// Stops the server and waits until it has stopped (contract §4):
     ///
     /// 1. The listener closes at once; new connections are refused.
+    ///    Connections that had finished their handshake but were still in
+    ///    the kernel's queue join the accept queue while it has room and are
+    ///    told `BUSY` otherwise — never reset.
     /// 2. For up to `grace`, live connections go on and workers keep
     ///    taking connections from the accept queue. If everything finishes
     ///    sooner, so does this call.
@@ -138,18 +142,15 @@ impl Server {
             "shutting down: no new connections; live ones have {} to finish",
             humantime::format_duration(grace)
         );
-        // Wake the acceptor out of accept(2). On Linux, shutting a listening
-        // socket down does that (and refuses new connections at once); where
-        // it does not, connect to ourselves instead (tiny-http's trick).
-        if self.listener.shutdown(std::net::Shutdown::Both).is_err() {
-            let mut addr = self.local_addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(match addr {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
+        // Not `shutdown(2)` on the listener, the usual way to wake an
+        // acceptor: on Linux it resets every connection still in the
+        // kernel's queue. The acceptor empties that queue itself.
+        if let Some(waker) = &self.acceptor_waker {
+            if let Err(e) = waker.wake() {
+                warn!(
+                    "could not wake the acceptor: {e}; it will stop when the next client connects"
+                );
             }
-            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
         }
     }
 }
@@ -182,7 +183,6 @@ impl ServerBuilder {
             })?,
             None => bind(&self.addr, listen_backlog)?,
         };
-        let waker = Socket::from(listener.try_clone().map_err(Error::Spawn)?);
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: self.addr.clone(),
             source,
@@ -203,7 +203,7 @@ impl ServerBuilder {
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
             queue: queue_rx.clone(),
-            listener: waker,
+            acceptor_waker: None,
             acceptor: None,
             workers: Vec::with_capacity(self.workers),
             closer: None,
@@ -258,14 +258,16 @@ impl ServerBuilder {
             started += 1;
         }
 
-        let acceptor = Acceptor::new(
+        let (acceptor, acceptor_waker) = Acceptor::new(
             listener,
             queue_tx,
             self.overflow,
             counters,
             shutdown,
             closer,
-        );
+        )
+        .map_err(Error::Spawn)?;
+        server.acceptor_waker = Some(acceptor_waker);
         let acceptor_ready = ready_tx.clone();
         let acceptor_done = done_tx;
         server.acceptor = Some(

@@ -87,6 +87,58 @@ fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
     );
 }
 
+/// Connections that finished their handshake but were never accepted —
+/// the acceptor was blocked on a full queue — are owed an answer too. Shutting
+/// the listening socket down (the usual way to wake an acceptor) would make
+/// Linux reset every one of them, data sent and all: this is the regression
+/// test for that.
+#[test]
+fn connections_still_in_the_kernels_queue_are_answered_not_reset() {
+    let server = support::builder()
+        .workers(1)
+        .backlog(1)
+        .listen_backlog(16)
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let mut holder = served_client(addr);
+    let mut queued = connect(addr);
+    queued.write_all(b"queued\n").unwrap();
+    wait_until("queued", || server.stats().queued == 1);
+    // `--overflow block`: the acceptor takes this one and waits for room...
+    let mut held = connect(addr);
+    held.write_all(b"held\n").unwrap();
+    wait_until("accepted", || server.stats().accepted == 3);
+    // ...so these stay in the kernel's queue, with data sent.
+    let mut waiting: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = connect(addr);
+            c.write_all(&[b'x'; 1000]).unwrap();
+            c
+        })
+        .collect();
+
+    let stopper = thread::spawn(move || server.shutdown(Duration::from_secs(60)));
+    for c in std::iter::once(&mut held).chain(&mut waiting) {
+        let answer = String::from_utf8(read_to_close(c)).unwrap();
+        assert_eq!(answer, "BUSY server shutting down\n");
+    }
+    wait_until("the listener is closed", || {
+        TcpStream::connect(addr).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    });
+    // What was already in the accept queue is still served.
+    round_trip(&mut holder, b"quit\n", b"");
+    assert_eq!(read_to_close(&mut holder), b"");
+    assert_eq!(read_n(&mut queued, 7), b"QUEUED\n");
+    queued.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut queued), b"");
+    let stats = stopper.join().unwrap();
+    assert_eq!(
+        (stats.accepted, stats.rejected, stats.closed, stats.live),
+        (6, 4, 2, 0)
+    );
+}
+
 #[test]
 fn dropping_the_server_begins_shutdown_without_blocking() {
     let server = support::builder()
