@@ -24,6 +24,9 @@
 //!   the warm-up and, in a timed run, its reply completed before the
 //!   measured time ended. Replies after that are still checked (a wrong one
 //!   still fails the run) but not counted.
+//! * **Stopping early** ([`Live::stop`], Ctrl-C in the binary) ends the
+//!   measured time at that moment; the run then winds down exactly as a
+//!   timed run does at its end, so the report stays honest.
 //!
 //! # Example
 //!
@@ -54,8 +57,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -282,6 +288,26 @@ pub struct Live {
     pub wrong: AtomicU64,
     /// Errors so far.
     pub errors: AtomicU64,
+    /// When [`stop`](Live::stop) was first called.
+    stopped_at: OnceLock<Instant>,
+}
+
+impl Live {
+    /// Ends the run early, as if its measured time ended now (poolload
+    /// calls it on Ctrl-C): connections start no new message, finish the
+    /// ones in flight, close as usual, and [`run`] returns a report of the
+    /// time until now with [`Report::interrupted`] set. A connection still
+    /// waiting for its first reply gives up at once and counts as never
+    /// served. The hard deadline still bounds what is left. Calling it
+    /// again changes nothing.
+    pub fn stop(&self) {
+        let _ = self.stopped_at.set(Instant::now());
+    }
+
+    /// When [`stop`](Live::stop) was called, if it was.
+    pub fn stopped_at(&self) -> Option<Instant> {
+        self.stopped_at.get().copied()
+    }
 }
 
 /// The result of a run; the `--json` line is this, serialized.
@@ -351,6 +377,9 @@ pub struct Report {
     /// The hard deadline passed before the run finished: counts are
     /// incomplete.
     pub cut_by_deadline: bool,
+    /// The run was ended early by [`Live::stop`] (Ctrl-C): the figures
+    /// cover the time until then. Not a failure by itself.
+    pub interrupted: bool,
     /// A few distinct error messages (and notes on unexpected bytes after
     /// the last reply), each with how often it happened.
     pub error_examples: Vec<String>,
@@ -464,6 +493,13 @@ impl fmt::Display for Report {
             self.errors,
             if self.cut_by_deadline { "yes" } else { "no" }
         )?;
+        if self.interrupted {
+            write!(
+                f,
+                "\n  interrupted    stopped early (Ctrl-C); the figures cover the {:.3} s measured",
+                self.duration_s
+            )?;
+        }
         for e in &self.error_examples {
             write!(f, "\n  error          {e}")?;
         }
@@ -659,6 +695,7 @@ struct Measured<'h> {
     window: Duration,
     latency: &'h Histogram<u64>,
     first_reply: &'h Histogram<u64>,
+    interrupted: bool,
 }
 
 /// Turns per-connection tallies into the report.
@@ -732,6 +769,7 @@ fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>) -> Report
             0.0
         },
         cut_by_deadline: tallies.iter().any(|t| t.cut),
+        interrupted: m.interrupted,
         error_examples,
     }
 }
@@ -870,6 +908,7 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
     let last = |f: fn(&Tally) -> Option<Instant>| tallies.iter().filter_map(f).max();
     let window = match ctx.measure_end {
         Some(end) => {
+            let end = ctx.end_of_measure().unwrap_or(end);
             let stopped = last(|t| t.finished).unwrap_or(warmup_end);
             stopped.min(end).saturating_duration_since(warmup_end)
         }
@@ -889,6 +928,7 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
             window,
             latency: &latency,
             first_reply: &first_reply,
+            interrupted: live.stopped_at().is_some(),
         },
     ))
 }
@@ -1050,14 +1090,28 @@ impl Ctx<'_> {
         now >= self.deadline
     }
 
+    /// Was the run stopped early ([`Live::stop`])?
+    fn stopped(&self) -> bool {
+        self.live.stopped_at().is_some()
+    }
+
+    /// The end of the measured time: the configured one (timed runs) or
+    /// the moment the run was stopped, whichever is first.
+    fn end_of_measure(&self) -> Option<Instant> {
+        match (self.measure_end, self.live.stopped_at()) {
+            (Some(end), Some(stop)) => Some(end.min(stop)),
+            (end, stop) => end.or(stop),
+        }
+    }
+
     fn past_measure_end(&self, now: Instant) -> bool {
-        self.measure_end.is_some_and(|m| now >= m)
+        self.end_of_measure().is_some_and(|m| now >= m)
     }
 
     /// May a connection start another message (cycle) at `now`, with
     /// `budget` counted ones left (count-bound runs)?
     fn may_start(&self, now: Instant, budget: u64) -> bool {
-        if self.past_deadline(now) {
+        if self.past_deadline(now) || self.stopped() {
             return false;
         }
         match self.measure_end {
@@ -1068,7 +1122,7 @@ impl Ctx<'_> {
 
     /// Is a round trip sent at `sent` and complete at `done` counted?
     fn counts(&self, sent: Instant, done: Instant) -> bool {
-        sent >= self.warmup_end && self.measure_end.map_or(true, |m| done <= m)
+        sent >= self.warmup_end && self.end_of_measure().map_or(true, |m| done <= m)
     }
 
     /// Connects to the first address that accepts, within the connect
@@ -1551,6 +1605,8 @@ fn bulk(ctx: &Ctx<'_>, idx: usize) -> Tally {
     // Set by either side when it stops early, so the other does not wait
     // for the deadline.
     let abort = AtomicBool::new(false);
+    // Bytes the writer has sent; less than `total` when the run is stopped.
+    let sent = AtomicU64::new(0);
 
     thread::scope(|s| {
         let writer = thread::Builder::new()
@@ -1561,7 +1617,9 @@ fn bulk(ctx: &Ctx<'_>, idx: usize) -> Tally {
                 let mut off = first_variant * pattern.size;
                 let mut left = total;
                 let give_up = |n| ctx.past_deadline(n) || abort.load(Relaxed);
-                while left > 0 {
+                // A stopped run sends no more; the replies to what was
+                // sent are still read and checked.
+                while left > 0 && !ctx.stopped() {
                     let end = chunk
                         .len()
                         .min(off + usize::try_from(left).unwrap_or(usize::MAX));
@@ -1574,6 +1632,7 @@ fn bulk(ctx: &Ctx<'_>, idx: usize) -> Tally {
                         }
                     }
                     left -= (end - off) as u64;
+                    sent.fetch_add((end - off) as u64, SeqCst);
                     off = if end == chunk.len() { 0 } else { end };
                 }
                 stream.shutdown(Shutdown::Write).map(|()| true)
@@ -1627,11 +1686,19 @@ fn bulk(ctx: &Ctx<'_>, idx: usize) -> Tally {
                     if checker.partial_is_wrong() {
                         t.wrong(ctx.live, 1);
                     }
-                    if received < total {
+                    // The writer's count is final: the server closes only
+                    // after our FIN, which the writer sends after its last
+                    // update.
+                    let expected = if ctx.stopped() {
+                        sent.load(SeqCst)
+                    } else {
+                        total
+                    };
+                    if received < expected {
                         t.error(
                             ctx.live,
                             format!(
-                                "the server closed the connection after {received} of {total} bytes"
+                                "the server closed the connection after {received} of {expected} bytes"
                             ),
                         );
                     }
@@ -1794,6 +1861,7 @@ mod tests {
                 window: Duration::from_secs(2),
                 latency: &lat,
                 first_reply: &first,
+                interrupted: false,
             },
         );
         assert_eq!(r.round_trips, 400);
@@ -1825,6 +1893,7 @@ mod tests {
                 window: Duration::ZERO,
                 latency: &h,
                 first_reply: &h,
+                interrupted: false,
             },
         );
         assert_eq!(

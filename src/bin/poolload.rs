@@ -6,17 +6,22 @@
 //! Exit codes: 0 when every reply was right and nothing failed; 1 for a
 //! wrong reply, a connection error, a run cut by its deadline, or (with
 //! `--fail-on-unserved`) a connection that was never served; 2 for bad
-//! usage (clap).
+//! usage (clap); 130 for a run ended by Ctrl-C (SIGINT or SIGTERM), after
+//! its report — unless it also failed (1). A second Ctrl-C exits at once
+//! with 130 and no report.
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use poolserver::load::{self, Expect, Live, LoadConfig, Mode, Report};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// Load generator for poolserver: opens C connections, sends messages of
 /// BYTES bytes (lowercase letters and digits ending in a newline), checks
@@ -132,8 +137,17 @@ fn main() -> ExitCode {
         expect: args.expect,
     };
 
-    let live = Live::default();
+    let live = Arc::new(Live::default());
     let show_bar = !args.json && !args.quiet && io::stderr().is_terminal();
+    // With a bar on screen, the bar says it instead (a plain line would be
+    // drawn over).
+    if let Err(e) = stop_on_signals(Arc::clone(&live), !show_bar) {
+        let _ = writeln!(
+            io::stderr(),
+            "poolload: cannot install signal handlers: {e}"
+        );
+        return ExitCode::FAILURE;
+    }
     let finished = AtomicBool::new(false);
     let result = thread::scope(|s| {
         if show_bar {
@@ -164,12 +178,43 @@ fn main() -> ExitCode {
         ));
     }
     if problems.is_empty() {
-        ExitCode::SUCCESS
+        if report.interrupted {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        }
     } else {
         let _ = writeln!(io::stderr(), "poolload: FAILED: {}", problems.join("; "));
         ExitCode::FAILURE
     }
 }
+
+/// The first SIGINT or SIGTERM ends the run early ([`Live::stop`]), so
+/// the report of what was measured is still printed; a second one exits at
+/// once. The conditional exit is registered before the flag it reads, so
+/// the first signal finds the flag unset.
+fn stop_on_signals(live: Arc<Live>, announce: bool) -> io::Result<()> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&signalled))?;
+        signal_hook::flag::register(sig, Arc::clone(&signalled))?;
+    }
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    thread::Builder::new()
+        .name("poolload-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                live.stop();
+                if announce {
+                    let _ = writeln!(io::stderr(), "{STOPPING}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+const STOPPING: &str =
+    "poolload: stopping: finishing the messages in flight (Ctrl-C again to quit at once)";
 
 fn print_report(report: &Report, json: bool) {
     let text = if json {
@@ -205,7 +250,12 @@ fn progress_bar(cfg: &LoadConfig, live: &Live, finished: &AtomicBool) {
     let bar =
         ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style);
     let start = Instant::now();
+    let mut announced = false;
     while !finished.load(Relaxed) {
+        if !announced && live.stopped_at().is_some() {
+            bar.println(STOPPING);
+            announced = true;
+        }
         let rt = live.round_trips.load(Relaxed);
         let bytes = live.bytes.load(Relaxed);
         let secs = start.elapsed().as_secs_f64().max(1e-3);

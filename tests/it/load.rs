@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -399,4 +399,144 @@ fn text_report_and_bad_usage() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         assert!(out.stdout.is_empty(), "{bad:?}");
     }
+}
+
+/// `poolload` started in the background with `--json -q`, for the Ctrl-C
+/// tests.
+fn spawn_poolload(addr: SocketAddr, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_poolload"))
+        .args(["--addr", &addr.to_string(), "--json", "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start poolload")
+}
+
+fn ctrl_c(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -INT failed");
+}
+
+/// Waits (bounded) for `child` to exit and collects its output.
+fn wait_output(mut child: Child) -> Output {
+    support::wait_until("poolload exits", || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    child.wait_with_output().expect("collect poolload's output")
+}
+
+/// Ctrl-C ends a long run early, and the report of what was measured is
+/// still printed: connections finish the message in flight and close
+/// politely, the one still queued gives up, and the exit code says the run
+/// was interrupted.
+#[test]
+fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured() {
+    let server = support::server(2);
+    let addr = server.local_addr();
+    let child = spawn_poolload(addr, &["-c", "3", "-d", "10m", "--deadline", "20m"]);
+    // Two connections served (one waits for a worker), replies flowing.
+    support::wait_until("round trips", || server.stats().bytes_out >= 64 * 100);
+    ctrl_c(&child);
+    let out = wait_output(child);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert_eq!(r["cut_by_deadline"], false, "{r}");
+    assert_eq!((num(&r, "wrong_replies"), num(&r, "errors")), (0, 0), "{r}");
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert!(r["duration_s"].as_f64().unwrap() < 300.0, "{r}");
+    assert!(stderr(&out).contains("stopping"), "{}", stderr(&out));
+    // The server answered every counted round trip, plus at most one
+    // message per connection that poolload did not count: the one in
+    // flight when Ctrl-C came, and the queued connection's first message,
+    // which a worker reads (and answers) after poolload gave up on it.
+    // Every connection was closed.
+    support::wait_until("all closed", || server.stats().closed == 3);
+    let stats = server.shutdown(Duration::from_secs(5));
+    let rt = num(&r, "round_trips");
+    assert!(rt > 0, "{r}");
+    assert!(
+        (rt * 64..=(rt + 3) * 64).contains(&stats.bytes_out),
+        "{rt} round trips counted, {} bytes answered",
+        stats.bytes_out
+    );
+    assert_eq!((stats.accepted, stats.live), (3, 0));
+}
+
+/// A bulk stream stopped by Ctrl-C sends no more, reads the replies to all
+/// it sent, and counts them exactly.
+#[test]
+fn ctrl_c_ends_a_bulk_stream_with_every_sent_byte_checked() {
+    let server = support::server(1);
+    let child = spawn_poolload(
+        server.local_addr(),
+        &[
+            "--mode",
+            "bulk",
+            "-c",
+            "1",
+            "--bulk-mib",
+            "100000",
+            "--deadline",
+            "10m",
+        ],
+    );
+    support::wait_until("streaming", || server.stats().bytes_out >= 1 << 20);
+    ctrl_c(&child);
+    let out = wait_output(child);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert_eq!((num(&r, "wrong_replies"), num(&r, "errors")), (0, 0), "{r}");
+    support::wait_until("closed", || server.stats().closed == 1);
+    let stats = server.shutdown(Duration::from_secs(5));
+    // Every byte sent was answered and every answer was checked.
+    assert_eq!(stats.bytes_in, stats.bytes_out);
+    assert_eq!(num(&r, "bytes_verified"), stats.bytes_out, "{r}");
+    assert_eq!(num(&r, "round_trips") * 64, stats.bytes_out, "{r}");
+}
+
+/// Answers the first read, then reads and never answers again.
+#[derive(Debug)]
+struct Stalling;
+
+impl Service for Stalling {
+    fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
+        let n = conn.read(&mut bufs.input)?;
+        let reply = bufs.input[..n].to_ascii_uppercase();
+        conn.write_all(&reply)?;
+        while conn.read(&mut bufs.input)? > 0 {}
+        Ok(())
+    }
+}
+
+/// A run stuck on a reply that never comes: the first Ctrl-C cannot end it
+/// (the message in flight is waited for), the second exits at once, with
+/// no report.
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let server = support::builder()
+        .workers(1)
+        .service(Stalling)
+        .start()
+        .unwrap();
+    let mut child = spawn_poolload(server.local_addr(), &["-c", "1", "-d", "10m"]);
+    // The first reply came back and the second message is waiting.
+    support::wait_until("stuck", || server.stats().bytes_in >= 2 * 64);
+    ctrl_c(&child);
+    let mut err = child.stderr.take().unwrap();
+    let mut line = [0u8; 18];
+    io::Read::read_exact(&mut err, &mut line).unwrap();
+    assert_eq!(&line, b"poolload: stopping");
+    ctrl_c(&child);
+    child.stderr = Some(err);
+    let out = wait_output(child);
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
+    assert_eq!(out.stdout, b"", "no report after the second Ctrl-C");
 }
