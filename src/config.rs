@@ -210,6 +210,10 @@ impl ServerBuilder {
     /// Serve on a listener bound elsewhere (a test harness, socket
     /// activation). The address and listen-backlog settings are then
     /// ignored. Defaults to binding [`addr`](Self::addr).
+    ///
+    /// The server takes the socket over: it makes it non-blocking and
+    /// closes it at shutdown. A clone kept elsewhere shares that mode and
+    /// keeps the socket listening after the server has stopped.
     pub fn listener(mut self, listener: TcpListener) -> Self {
         self.listener = Some(listener);
         self

@@ -338,6 +338,29 @@ fn stats_are_consistent_under_concurrent_churn() {
     );
 }
 
+/// A listener bound by the caller (socket activation, a test harness) is
+/// served as it is and closed at shutdown.
+#[test]
+fn a_listener_bound_elsewhere_is_served_and_closed_at_shutdown() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = poolserver::Server::builder()
+        .listener(listener)
+        .addr("ignored:1")
+        .workers(1)
+        .monitor_interval(Duration::ZERO)
+        .start()
+        .unwrap();
+    assert_eq!(server.local_addr(), addr);
+    let mut c = connect(addr);
+    round_trip(&mut c, b"given\nquit\n", b"GIVEN\n");
+    assert_eq!(read_to_close(&mut c), b"");
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.accepted, stats.closed), (1, 1));
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+}
+
 #[test]
 fn invalid_settings_are_refused_with_a_reason() {
     let err = support::builder().workers(0).start().unwrap_err();
