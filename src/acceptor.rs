@@ -178,18 +178,29 @@ impl Acceptor {
                 }
                 Err(_) => break, // the queue is empty (or failing): done
             };
-            match self.queue.try_send(self.job(stream, peer)) {
-                Ok(()) => {
-                    queued += 1;
-                    self.counters.note_queued(self.queue.len());
-                }
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    refused += 1;
-                    job.reject(BUSY_SHUTDOWN, &self.closer);
-                }
+            let job = self.job(stream, peer);
+            if self.queue_or_refuse(job) {
+                queued += 1;
+            } else {
+                refused += 1;
             }
         }
         (queued, refused)
+    }
+
+    /// During shutdown: into the accept queue if it has room (true), else
+    /// told `BUSY server shutting down` (false). Never waits.
+    fn queue_or_refuse(&self, job: Job) -> bool {
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                self.counters.note_queued(self.queue.len());
+                true
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                job.reject(BUSY_SHUTDOWN, &self.closer);
+                false
+            }
+        }
     }
 
     fn job(&self, stream: TcpStream, peer: SocketAddr) -> Job {
@@ -245,7 +256,9 @@ impl Acceptor {
         } else {
             debug_assert_eq!(op.index(), stop);
             let _ = op.recv(self.shutdown.signal());
-            job.reject(BUSY_SHUTDOWN, &self.closer);
+            // Treated like the connections still in the kernel's queue,
+            // which arrived after it.
+            self.queue_or_refuse(job);
         }
     }
 
