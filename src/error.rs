@@ -20,8 +20,9 @@ pub enum Error {
         /// What the operating system said.
         source: io::Error,
     },
-    /// A server thread could not be started (the system is out of threads
-    /// or memory).
+    /// A server thread, or the epoll instance the acceptor or the closer
+    /// waits in, could not be set up (the system is out of threads, memory
+    /// or file descriptors).
     Spawn(io::Error),
 }
 
@@ -38,7 +39,7 @@ impl fmt::Display for Error {
         match self {
             Error::Config(why) => write!(f, "invalid configuration: {why}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            Error::Spawn(source) => write!(f, "cannot start a server thread: {source}"),
+            Error::Spawn(source) => write!(f, "cannot start the server's threads: {source} (out of threads, memory or file descriptors?)"),
         }
     }
 }
