@@ -1386,6 +1386,10 @@ fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
             }
         }
         if in_flight.is_empty() {
+            // Nothing left to send or to wait for. Ending here without a
+            // single reply (connected only after the measured time ended,
+            // or the run was stopped first) is still never being served.
+            t.never_served += u64::from(!served);
             break true;
         }
 

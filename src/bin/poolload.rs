@@ -204,10 +204,12 @@ fn stop_on_signals(live: Arc<Live>, announce: bool) -> io::Result<()> {
         .name("poolload-signals".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
-                live.stop();
+                // Said first: once stopped, the run may end and the
+                // process exit before a later line is written.
                 if announce {
                     let _ = writeln!(io::stderr(), "{STOPPING}");
                 }
+                live.stop();
             }
         })?;
     Ok(())

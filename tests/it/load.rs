@@ -449,7 +449,10 @@ fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured() {
     assert_eq!(r["interrupted"], true, "{r}");
     assert_eq!(r["cut_by_deadline"], false, "{r}");
     assert_eq!((num(&r, "wrong_replies"), num(&r, "errors")), (0, 0), "{r}");
-    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    // The third connection can never be served (both workers are held
+    // until poolload stops); the second served one may not have read its
+    // first reply yet when Ctrl-C came, on a loaded machine.
+    assert!((1..=2).contains(&num(&r, "never_served")), "{r}");
     assert!(r["duration_s"].as_f64().unwrap() < 300.0, "{r}");
     assert!(stderr(&out).contains("stopping"), "{}", stderr(&out));
     // The server answered every counted round trip, plus at most one
