@@ -150,7 +150,8 @@ impl Acceptor {
         }
         let (queued, refused) = self.drain_kernel_queue();
         debug!(
-            "acceptor stopped: {queued} connections still waiting in the kernel were queued,              {refused} told BUSY; the listener is closed"
+            "acceptor stopped: {queued} connections still waiting in the kernel were queued, \
+             {refused} told BUSY; the listener is closed"
         );
     }
 
