@@ -415,12 +415,7 @@ fn spawn_poolload(addr: SocketAddr, args: &[&str]) -> Child {
 }
 
 fn ctrl_c(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -INT failed");
+    support::send_signal(child.id(), "INT");
 }
 
 /// Waits (bounded) for `child` to exit and collects its output.

@@ -178,13 +178,7 @@ impl ServerProcess {
 
     /// Sends a signal (by name, e.g. "TERM") to the process.
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{name} failed");
+        send_signal(self.child.id(), name);
     }
 
     /// Waits for the process to exit, within `limit`.
@@ -232,4 +226,15 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, …) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{name} {pid} failed");
 }
