@@ -32,33 +32,12 @@ use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::closer::Closer;
+use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
-use crate::connection::{turn_away, write_busy, BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
+use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
+use crate::queue::Job;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, LiveGuard};
-
-/// One accepted connection on its way to a worker.
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
-    /// When `accept(2)` returned it: the queue wait and the queue timeout
-    /// run from here.
-    pub(crate) accepted_at: Instant,
-    /// Counts the connection as live until it is dropped.
-    pub(crate) live: LiveGuard,
-}
-
-impl Job {
-    /// Turns the connection away with `line` and counts it as rejected
-    /// (once the closer has finished its lingering close).
-    pub(crate) fn reject(mut self, line: &[u8], closer: &Closer) {
-        write_busy(&self.stream, line);
-        self.live.set_rejected();
-        closer.close(self.stream, self.live);
-    }
-}
 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -179,7 +158,7 @@ impl Acceptor {
                 }
                 Err(_) => break, // the queue is empty (or failing): done
             };
-            let job = self.job(stream, peer);
+            let job = Job::accepted(stream, peer, &self.counters);
             if self.queue_or_refuse(job) {
                 queued += 1;
             } else {
@@ -204,22 +183,9 @@ impl Acceptor {
         }
     }
 
-    fn job(&self, stream: TcpStream, peer: SocketAddr) -> Job {
-        // Linux does not pass the listener's O_NONBLOCK on to accepted
-        // sockets; other systems do, and workers expect blocking sockets.
-        #[cfg(not(target_os = "linux"))]
-        let _ = stream.set_nonblocking(false);
-        Job {
-            stream,
-            peer,
-            accepted_at: Instant::now(),
-            live: LiveGuard::new(&self.counters),
-        }
-    }
-
     /// Hands a new connection to the queue, or deals with a full queue.
     fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let job = self.job(stream, peer);
+        let job = Job::accepted(stream, peer, &self.counters);
         match self.queue.try_send(job) {
             Ok(()) => {
                 let queued = self.queue.len();

@@ -1,6 +1,6 @@
 //! The closer thread: finishes lingering closes so workers do not have to.
 //!
-//! A lingering close (contract §2.6) sends our FIN and then reads and
+//! A lingering close (README, The protocol, rule 6) sends our FIN and then reads and
 //! discards what the client still sends until it closes or 2 seconds pass,
 //! so the client is never reset while replies are in flight. Done by the
 //! worker, it would keep the worker from the next connection for up to 2
@@ -16,22 +16,28 @@
 //! reset.
 //!
 //! The thread holds at most [`MAX_LINGERING`] sockets; past that (a flood),
-//! a socket is drained of what has already arrived and closed at once.
+//! a socket is drained of what has already arrived and closed at once —
+//! the same bounded drain as [`turn_away`], the close used when no
+//! lingering is possible at all (the fd table is full).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use log::{debug, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::connection::LINGER;
 use crate::stats::LiveGuard;
+
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, so that the client is not reset while our last
+/// replies are in flight (README, The protocol, rule 6).
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// Most sockets lingering at once; each holds a file descriptor.
 pub(crate) const MAX_LINGERING: usize = 4096;
@@ -124,11 +130,11 @@ impl Closer {
         let item = Lingering { stream, live };
         if self.inner.count.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
             self.inner.count.fetch_sub(1, Ordering::Relaxed);
-            drain_now(item);
+            drain_now(&item.stream);
             return;
         }
         let Some(tx) = &self.inner.tx else {
-            drain_now(item);
+            drain_now(&item.stream);
             return;
         };
         match tx.send(item) {
@@ -137,18 +143,37 @@ impl Closer {
             }
             Err(e) => {
                 self.inner.count.fetch_sub(1, Ordering::Relaxed);
-                drain_now(e.into_inner());
+                drain_now(&e.into_inner().stream);
             }
         }
     }
 }
 
-/// The fallback when the closer cannot take a socket: discard what has
-/// already arrived (bounded), then close.
-fn drain_now(mut item: Lingering) {
+/// Writes one `BUSY …` line without blocking (a fresh socket's send buffer
+/// is empty, so one short line fits). The caller then closes the
+/// connection, normally through [`Closer::close`].
+pub(crate) fn write_busy(stream: &TcpStream, line: &[u8]) {
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&*stream).write(line);
+    }
+}
+
+/// Turns a connection away at once, for when it cannot be lingered over
+/// (the fd table is full): the `BUSY` line, our FIN, and what the client
+/// already sent is drained without waiting, so the close is usually a FIN
+/// rather than a reset.
+pub(crate) fn turn_away(stream: &TcpStream, line: &[u8]) {
+    write_busy(stream, line);
+    let _ = stream.shutdown(Shutdown::Write);
+    drain_now(stream);
+}
+
+/// The close without lingering: discard what has already arrived (at most
+/// 64 KiB; the socket is non-blocking), and let the caller drop the socket.
+fn drain_now(stream: &TcpStream) {
     let mut scratch = [0u8; 4096];
     for _ in 0..16 {
-        match item.stream.read(&mut scratch) {
+        match (&*stream).read(&mut scratch) {
             Ok(n) if n > 0 => {}
             _ => break,
         }

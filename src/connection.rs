@@ -1,22 +1,17 @@
 //! One client connection's socket I/O: reads that enforce the idle timeout
-//! and the shutdown deadline, writes that cannot hang on a client that never
-//! reads, the lingering close, and the `BUSY` turn-away.
+//! and the shutdown deadline, and writes that cannot hang on a client that
+//! never reads. (Closing is the closer's: `closer.rs`.)
 //!
 //! A [`Service`](crate::Service) only ever sees a [`Connection`], so every
 //! protocol served by the pool gets these guarantees for free.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::shutdown::{Shutdown, POLL_SLICE};
 use crate::stats::WorkerIo;
-
-/// How long a closing connection keeps reading (and discarding) what the
-/// client still sends, so that the client is not reset while our last
-/// replies are in flight (contract §2.6). See `closer.rs`.
-pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// Why [`Connection::read`] reported the end of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,39 +254,3 @@ fn is_timeout(e: &io::Error) -> bool {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
 }
-
-/// Writes one `BUSY …` line without blocking (a fresh socket's send buffer
-/// is empty, so one short line fits). The caller then closes the
-/// connection, normally through the closer's lingering close.
-pub(crate) fn write_busy(stream: &TcpStream, line: &[u8]) {
-    if stream.set_nonblocking(true).is_ok() {
-        let _ = (&*stream).write(line);
-    }
-}
-
-/// Turns a connection away at once, for when it cannot be lingered over
-/// (the fd table is full): the `BUSY` line, our FIN, and what the client
-/// already sent is drained without waiting, so the close is usually a FIN
-/// rather than a reset.
-pub(crate) fn turn_away(stream: &TcpStream, line: &[u8]) {
-    write_busy(stream, line);
-    let _ = stream.shutdown(Direction::Write);
-    let mut scratch = [0u8; 4096];
-    // Bounded: at most 64 KiB of whatever is already queued.
-    for _ in 0..16 {
-        match (&*stream).read(&mut scratch) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
-}
-
-/// `--overflow reject` with a full accept queue.
-pub(crate) const BUSY_FULL: &[u8] =
-    b"BUSY server at capacity (accept queue full); try again later\n";
-/// Waited in the queue longer than `--queue-timeout`.
-pub(crate) const BUSY_WAITED: &[u8] = b"BUSY waited too long for a worker; try again later\n";
-/// Still queued when the shutdown deadline passed.
-pub(crate) const BUSY_SHUTDOWN: &[u8] = b"BUSY server shutting down\n";
-/// Accepted with the spare descriptor while the fd table was full.
-pub(crate) const BUSY_NO_FDS: &[u8] = b"BUSY server out of file descriptors; try again later\n";

@@ -73,6 +73,7 @@ pub mod load;
 mod monitor;
 mod pool;
 pub mod protocol;
+mod queue;
 mod server;
 mod service;
 mod shutdown;

@@ -22,8 +22,8 @@ use hdrhistogram::Histogram;
 use log::info;
 use serde::Serialize;
 
-use crate::acceptor::Job;
 use crate::config::MonitorFormat;
+use crate::queue::QueueLen;
 use crate::stats::{percentile, Counters, Stats};
 
 /// One report: the snapshot's figures and the interval's, flat, in the
@@ -103,7 +103,7 @@ pub(crate) struct Monitor {
     pub(crate) format: MonitorFormat,
     pub(crate) output: Option<Box<dyn Write + Send>>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) queue: Receiver<Job>,
+    pub(crate) queue: QueueLen,
     /// Disconnects when the acceptor and every worker have exited.
     pub(crate) done: Receiver<()>,
 }
@@ -139,7 +139,7 @@ impl Monitor {
 
     fn report(&mut self, prev: &mut Previous, last: bool) {
         let now = Instant::now();
-        let stats = self.counters.snapshot(self.queue.len());
+        let stats = self.counters.snapshot(self.queue.get());
         let waits = self.counters.wait_histogram();
         let secs = now.duration_since(prev.at).as_secs_f64().max(1e-9);
         let rate = |cur: u64, old: u64| cur.saturating_sub(old) as f64 / secs;

@@ -20,10 +20,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 
-use crate::acceptor::Job;
 use crate::closer::Closer;
-use crate::connection::{is_write_stall, Connection, End, Limits, Pressure};
-use crate::connection::{BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::connection::{is_write_stall, Connection, End, Limits};
+use crate::protocol::{BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::queue::Job;
 use crate::service::{Buffers, Service};
 use crate::shutdown::Shutdown;
 use crate::stats::{BusyGuard, Counters};
@@ -87,12 +87,6 @@ impl Worker {
     }
 }
 
-impl Pressure for Receiver<Job> {
-    fn others_waiting(&self) -> bool {
-        !self.is_empty()
-    }
-}
-
 impl PoolContext {
     /// The worker loop.
     fn run(&self, id: usize, queue: &Receiver<Job>) {
@@ -115,7 +109,8 @@ impl PoolContext {
     fn handle(&self, id: usize, job: Job, bufs: &mut Buffers, queue: &Receiver<Job>) {
         let waited = job.accepted_at.elapsed();
         if self.shutdown.deadline_passed() {
-            // Contract §4: still queued at the deadline means closed unserved.
+            // Still queued at the deadline means closed unserved (README,
+            // Shutdown).
             job.reject(BUSY_SHUTDOWN, &self.closer);
             return;
         }

@@ -491,5 +491,20 @@ pub fn reference_reply(input: &[u8]) -> (Vec<u8>, bool) {
     (out, exited)
 }
 
+// The lines a connection that cannot be served is answered with before it
+// is closed; each such connection counts as `rejected` (README, The
+// monitor).
+
+/// `--overflow reject` with a full accept queue.
+pub(crate) const BUSY_FULL: &[u8] =
+    b"BUSY server at capacity (accept queue full); try again later\n";
+/// Waited in the queue longer than `--queue-timeout`.
+pub(crate) const BUSY_WAITED: &[u8] = b"BUSY waited too long for a worker; try again later\n";
+/// Still queued when the shutdown deadline passed, or arrived after
+/// shutdown began with no room left in the queue.
+pub(crate) const BUSY_SHUTDOWN: &[u8] = b"BUSY server shutting down\n";
+/// Accepted with the spare descriptor while the fd table was full.
+pub(crate) const BUSY_NO_FDS: &[u8] = b"BUSY server out of file descriptors; try again later\n";
+
 #[cfg(test)]
 mod tests;

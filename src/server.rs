@@ -15,18 +15,18 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
 use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::acceptor::{Acceptor, Job};
+use crate::acceptor::Acceptor;
 use crate::closer::Closer;
 use crate::config::ServerBuilder;
 use crate::connection::{Limits, MinRate};
 use crate::error::Error;
 use crate::monitor::Monitor;
 use crate::pool::{PoolContext, Worker};
+use crate::queue::{self, QueueLen};
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
 
@@ -67,8 +67,7 @@ pub struct Server {
     local_addr: SocketAddr,
     counters: Arc<Counters>,
     shutdown: Arc<Shutdown>,
-    /// A receiver of the accept queue, kept only to read its length.
-    queue: Receiver<Job>,
+    queue: QueueLen,
     /// Rung at shutdown to wake the acceptor, which then empties the
     /// kernel's queue and closes the listener.
     acceptor_waker: Option<Waker>,
@@ -95,7 +94,7 @@ impl Server {
 
     /// A snapshot of the server's counters; see [`Stats`] for what holds.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot(self.queue.len())
+        self.counters.snapshot(self.queue.get())
     }
 
     /// Stops the server and waits until it has stopped (contract §4):
@@ -190,7 +189,7 @@ impl ServerBuilder {
 
         let counters = Arc::new(Counters::new(self.workers, self.backlog));
         let shutdown = Arc::new(Shutdown::new());
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded::<Job>(self.backlog);
+        let (queue_tx, queue_rx) = queue::bounded(self.backlog);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         // The acceptor, every worker and the closer hold a clone of `done_tx`; the
         // monitor's receive fails once all of them have exited.
@@ -202,7 +201,7 @@ impl ServerBuilder {
             local_addr,
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
-            queue: queue_rx.clone(),
+            queue: QueueLen::of(&queue_rx),
             acceptor_waker: None,
             acceptor: None,
             workers: Vec::with_capacity(self.workers),
@@ -251,7 +250,7 @@ impl ServerBuilder {
                 format: self.monitor_format,
                 output: self.monitor_output,
                 counters: Arc::clone(&counters),
-                queue: queue_rx.clone(),
+                queue: QueueLen::of(&queue_rx),
                 done: done_rx,
             };
             server.monitor = Some(monitor.spawn(ready_tx.clone()).map_err(Error::Spawn)?);

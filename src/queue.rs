@@ -1,0 +1,87 @@
+//! The accept queue: the bounded channel between the acceptor and the
+//! workers, and [`Job`], the accepted connection that travels through it.
+//!
+//! The queue is the one place where connections wait for a worker, so it
+//! owns what concerns waiting: when a connection started to wait (the queue
+//! wait and `--queue-timeout` run from `accept(2)`), the turn-away of a
+//! connection that cannot be served ([`Job::reject`]), the length that the
+//! monitor and [`Server::stats`](crate::Server::stats) report
+//! ([`QueueLen`]), and the pressure that switches the minimum data rate on
+//! ([`Pressure`] for the workers' receiver).
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::closer::{write_busy, Closer};
+use crate::connection::Pressure;
+use crate::stats::{Counters, LiveGuard};
+
+/// One accepted connection on its way to a worker.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// When `accept(2)` returned it: the queue wait and the queue timeout
+    /// run from here.
+    pub(crate) accepted_at: Instant,
+    /// Counts the connection as live until it is dropped.
+    pub(crate) live: LiveGuard,
+}
+
+impl Job {
+    /// A connection `accept(2)` just returned; counted as accepted (and
+    /// live) from now on.
+    pub(crate) fn accepted(stream: TcpStream, peer: SocketAddr, counters: &Arc<Counters>) -> Job {
+        // Linux does not pass the listener's O_NONBLOCK on to accepted
+        // sockets; other systems do, and workers expect blocking sockets.
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream.set_nonblocking(false);
+        Job {
+            stream,
+            peer,
+            accepted_at: Instant::now(),
+            live: LiveGuard::new(counters),
+        }
+    }
+
+    /// Turns the connection away with `line` (one of the `BUSY` lines of
+    /// [`protocol`](crate::protocol)) and counts it as rejected, once the
+    /// closer has finished its lingering close.
+    pub(crate) fn reject(mut self, line: &[u8], closer: &Closer) {
+        write_busy(&self.stream, line);
+        self.live.set_rejected();
+        closer.close(self.stream, self.live);
+    }
+}
+
+/// A new accept queue holding at most `capacity` connections.
+pub(crate) fn bounded(capacity: usize) -> (Sender<Job>, Receiver<Job>) {
+    crossbeam_channel::bounded(capacity)
+}
+
+/// The length of the accept queue, for those who report it but never take
+/// a connection from it (the server's `stats()`, the monitor).
+#[derive(Debug, Clone)]
+pub(crate) struct QueueLen(Receiver<Job>);
+
+impl QueueLen {
+    /// A view of the queue that `queue` receives from.
+    pub(crate) fn of(queue: &Receiver<Job>) -> Self {
+        QueueLen(queue.clone())
+    }
+
+    /// Connections waiting now.
+    pub(crate) fn get(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Others wait for a worker whenever the queue is not empty.
+impl Pressure for Receiver<Job> {
+    fn others_waiting(&self) -> bool {
+        !self.is_empty()
+    }
+}
