@@ -250,9 +250,7 @@ impl Acceptor {
         if self.shutdown.has_begun() {
             return; // the loop is about to end anyway
         }
-        self.counters
-            .accept_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.accept_error();
         match e.raw_os_error() {
             Some(libc::EMFILE | libc::ENFILE) => {
                 let backoff = self.next_backoff();

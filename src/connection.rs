@@ -7,7 +7,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::shutdown::{Shutdown, POLL_SLICE};
@@ -132,7 +131,7 @@ impl<'a> Connection<'a> {
             match self.stream.read(buf) {
                 Ok(0) => return Ok(self.finish(End::Eof)),
                 Ok(n) => {
-                    self.io.bytes_in.fetch_add(n as u64, Relaxed);
+                    self.io.read(n);
                     self.window_bytes += n as u64;
                     if self.limits.idle_timeout.is_some() || self.limits.min_rate.is_some() {
                         self.last_data = Instant::now();
@@ -196,7 +195,7 @@ impl<'a> Connection<'a> {
             match self.stream.write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.io.bytes_out.fetch_add(n as u64, Relaxed);
+                    self.io.wrote(n);
                     buf = &buf[n..];
                     stalled_since = None;
                 }

@@ -1,5 +1,5 @@
-//! The monitor thread: every interval, one report of the pool (contract §3),
-//! and a final one after the last worker has stopped.
+//! The monitor thread: every interval, one report of the pool (README, The
+//! monitor), and a final one after the last worker has stopped.
 //!
 //! A report is the [`Stats`] snapshot plus what only makes sense over an
 //! interval: connection and byte rates, and queue-wait percentiles of the
@@ -20,81 +20,98 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use hdrhistogram::Histogram;
 use log::info;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap};
 
 use crate::config::MonitorFormat;
 use crate::queue::QueueLen;
 use crate::stats::{percentile, Counters, Stats};
 
-/// One report: the snapshot's figures and the interval's, flat, in the
-/// order the text line prints them.
-#[derive(Debug, Serialize)]
+/// One report: the snapshot and what only makes sense over an interval.
+#[derive(Debug)]
 struct Report {
-    busy: usize,
-    workers: usize,
-    queued: usize,
-    backlog: usize,
-    live: u64,
-    accepted: u64,
-    rejected: u64,
-    closed: u64,
-    conn_per_s: f64,
-    in_bytes_per_s: f64,
-    out_bytes_per_s: f64,
-    /// Queue-wait percentiles of the interval, as the text line shows them.
-    wait_p50: String,
-    wait_p99: String,
-    /// The same in microseconds, for machines.
+    stats: Stats,
+    /// Accepted connections, bytes in and bytes out per second.
+    per_s: [f64; 3],
+    /// Queue-wait percentiles of the interval, in microseconds.
     wait_p50_us: u64,
     wait_p99_us: u64,
-    peak_busy: usize,
-    peak_queued: usize,
-    peak_live: u64,
-    panics: u64,
-    idle_timeouts: u64,
-    slow_clients: u64,
-    write_timeouts: u64,
-    io_errors: u64,
-    accept_errors: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    #[serde(rename = "final")]
     last: bool,
+}
+
+/// A report field's value, as each format writes it.
+enum Value {
+    Int(u64),
+    /// A rate: a JSON number, and in the text line with this many decimals.
+    Rate(f64, usize),
+    Text(String),
+}
+
+/// Where a field appears.
+#[derive(PartialEq)]
+enum Shown {
+    Everywhere,
+    JsonOnly,
 }
 
 impl Report {
     fn new(s: &Stats, per_s: [f64; 3], waits: &Histogram<u64>, last: bool) -> Self {
-        let p50 = percentile(waits, 50.0).as_micros() as u64;
-        let p99 = percentile(waits, 99.0).as_micros() as u64;
         Report {
-            busy: s.busy,
-            workers: s.workers,
-            queued: s.queued,
-            backlog: s.backlog,
-            live: s.live,
-            accepted: s.accepted,
-            rejected: s.rejected,
-            closed: s.closed,
-            conn_per_s: per_s[0],
-            in_bytes_per_s: per_s[1],
-            out_bytes_per_s: per_s[2],
-            wait_p50: micros(p50),
-            wait_p99: micros(p99),
-            wait_p50_us: p50,
-            wait_p99_us: p99,
-            peak_busy: s.peak_busy,
-            peak_queued: s.peak_queued,
-            peak_live: s.peak_live,
-            panics: s.panics,
-            idle_timeouts: s.idle_timeouts,
-            slow_clients: s.slow_clients,
-            write_timeouts: s.write_timeouts,
-            io_errors: s.io_errors,
-            accept_errors: s.accept_errors,
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
+            stats: *s,
+            per_s,
+            wait_p50_us: percentile(waits, 50.0).as_micros() as u64,
+            wait_p99_us: percentile(waits, 99.0).as_micros() as u64,
             last,
         }
+    }
+
+    /// Every field, in the order of both the text line and the JSON object:
+    /// the contract's fixed fields, then the listed counters of `stats.rs`,
+    /// then the JSON-only totals. `final` is added by each format.
+    fn fields(&self) -> Vec<(&'static str, Value, Shown)> {
+        use Shown::{Everywhere, JsonOnly};
+        use Value::{Int, Rate, Text};
+        let s = &self.stats;
+        let int = |v: usize| Int(v as u64);
+        let mut fields = vec![
+            ("busy", int(s.busy), Everywhere),
+            ("workers", int(s.workers), Everywhere),
+            ("queued", int(s.queued), Everywhere),
+            ("backlog", int(s.backlog), Everywhere),
+            ("live", Int(s.live), Everywhere),
+            ("accepted", Int(s.accepted), Everywhere),
+            ("rejected", Int(s.rejected), Everywhere),
+            ("closed", Int(s.closed), Everywhere),
+            ("conn_per_s", Rate(self.per_s[0], 1), Everywhere),
+            ("in_bytes_per_s", Rate(self.per_s[1], 0), Everywhere),
+            ("out_bytes_per_s", Rate(self.per_s[2], 0), Everywhere),
+            ("wait_p50", Text(human_wait(self.wait_p50_us)), Everywhere),
+            ("wait_p99", Text(human_wait(self.wait_p99_us)), Everywhere),
+            ("wait_p50_us", Int(self.wait_p50_us), JsonOnly),
+            ("wait_p99_us", Int(self.wait_p99_us), JsonOnly),
+            ("peak_busy", int(s.peak_busy), Everywhere),
+            ("peak_queued", int(s.peak_queued), Everywhere),
+            ("peak_live", Int(s.peak_live), Everywhere),
+        ];
+        s.each_listed(|name, v| fields.push((name, Int(v), Everywhere)));
+        fields.push(("bytes_in", Int(s.bytes_in), JsonOnly));
+        fields.push(("bytes_out", Int(s.bytes_out), JsonOnly));
+        fields
+    }
+}
+
+/// The JSON object: every field, then `final`.
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut map = ser.serialize_map(None)?;
+        for (name, value, _) in self.fields() {
+            match value {
+                Value::Int(v) => map.serialize_entry(name, &v)?,
+                Value::Rate(v, _) => map.serialize_entry(name, &v)?,
+                Value::Text(v) => map.serialize_entry(name, &v)?,
+            }
+        }
+        map.serialize_entry("final", &self.last)?;
+        map.end()
     }
 }
 
@@ -184,38 +201,27 @@ struct Previous {
 
 /// The `key=value` line, fields in the contract's order.
 fn text_line(r: &Report) -> String {
-    let mut line = format!(
-        "busy={} workers={} queued={} backlog={} live={} accepted={} rejected={} closed={}",
-        r.busy, r.workers, r.queued, r.backlog, r.live, r.accepted, r.rejected, r.closed
-    );
-    let _ = write!(
-        line,
-        " conn_per_s={:.1} in_bytes_per_s={:.0} out_bytes_per_s={:.0} wait_p50={} wait_p99={} \
-         peak_busy={} peak_queued={} peak_live={} panics={}",
-        r.conn_per_s,
-        r.in_bytes_per_s,
-        r.out_bytes_per_s,
-        r.wait_p50,
-        r.wait_p99,
-        r.peak_busy,
-        r.peak_queued,
-        r.peak_live,
-        r.panics,
-    );
-    let _ = write!(
-        line,
-        " idle_timeouts={} slow_clients={} write_timeouts={} io_errors={} accept_errors={}",
-        r.idle_timeouts, r.slow_clients, r.write_timeouts, r.io_errors, r.accept_errors
-    );
+    let mut line = String::new();
+    for (name, value, shown) in r.fields() {
+        if shown == Shown::JsonOnly {
+            continue;
+        }
+        let sep = if line.is_empty() { "" } else { " " };
+        let _ = match value {
+            Value::Int(v) => write!(line, "{sep}{name}={v}"),
+            Value::Rate(v, decimals) => write!(line, "{sep}{name}={v:.decimals$}"),
+            Value::Text(v) => write!(line, "{sep}{name}={v}"),
+        };
+    }
     if r.last {
         line.push_str(" final=true");
     }
     line
 }
 
-/// A wait as a short human figure with its unit: `0us`, `850us`, `12.3ms`,
-/// `2.50s`.
-fn micros(us: u64) -> String {
+/// A wait in microseconds as a short human figure with its unit: `0us`,
+/// `850us`, `12.3ms`, `2.50s`.
+fn human_wait(us: u64) -> String {
     match us {
         0..=999 => format!("{us}us"),
         1_000..=999_999 => format!("{:.1}ms", us as f64 / 1e3),
@@ -262,5 +268,63 @@ mod tests {
         assert_eq!(v["queued"], 1);
         assert_eq!(v["final"], true);
         assert!(v["wait_p99_us"].is_u64());
+    }
+
+    #[test]
+    fn text_and_json_keep_the_contract_order() {
+        let c = Counters::new(2, 4);
+        c.panic();
+        c.accept_error();
+        let r = Report::new(
+            &c.snapshot(0),
+            [0.25, 10.4, 7.0],
+            &crate::stats::new_wait_histogram(),
+            true,
+        );
+        assert_eq!(
+            text_line(&r),
+            "busy=0 workers=2 queued=0 backlog=4 live=0 accepted=0 rejected=0 closed=0 \
+             conn_per_s=0.2 in_bytes_per_s=10 out_bytes_per_s=7 wait_p50=0us wait_p99=0us \
+             peak_busy=0 peak_queued=0 peak_live=0 panics=1 idle_timeouts=0 slow_clients=0 \
+             write_timeouts=0 io_errors=0 accept_errors=1 final=true"
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        let keys: Vec<&str> = json
+            .split(['{', ','])
+            .filter_map(|kv| kv.split(':').next()?.strip_prefix('"')?.strip_suffix('"'))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "busy",
+                "workers",
+                "queued",
+                "backlog",
+                "live",
+                "accepted",
+                "rejected",
+                "closed",
+                "conn_per_s",
+                "in_bytes_per_s",
+                "out_bytes_per_s",
+                "wait_p50",
+                "wait_p99",
+                "wait_p50_us",
+                "wait_p99_us",
+                "peak_busy",
+                "peak_queued",
+                "peak_live",
+                "panics",
+                "idle_timeouts",
+                "slow_clients",
+                "write_timeouts",
+                "io_errors",
+                "accept_errors",
+                "bytes_in",
+                "bytes_out",
+                "final"
+            ]
+        );
+        assert!(json.contains(r#""conn_per_s":0.25,"#), "{json}");
     }
 }

@@ -12,7 +12,6 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -138,19 +137,18 @@ impl PoolContext {
         match served {
             Ok(Ok(())) => self.closer.close(stream, live),
             Ok(Err(e)) => {
-                let counter = if is_write_stall(&e) {
+                if is_write_stall(&e) {
                     warn!("{peer}: {e}; closing the connection");
-                    &self.counters.write_timeouts
+                    self.counters.write_timeout();
                 } else {
                     debug!("{peer}: connection ended with an error: {e}");
-                    &self.counters.io_errors
-                };
-                counter.fetch_add(1, Relaxed);
+                    self.counters.io_error();
+                }
                 drop(stream);
                 drop(live);
             }
             Err(panic) => {
-                self.counters.panics.fetch_add(1, Relaxed);
+                self.counters.panic();
                 error!(
                     "worker {id}: the service panicked serving {peer}: {}; \
                      that connection is closed, the worker goes on",
@@ -176,11 +174,11 @@ impl PoolContext {
         let result = self.service.serve(&mut conn, bufs);
         match conn.end() {
             Some(End::Idle) => {
-                self.counters.idle_timeouts.fetch_add(1, Relaxed);
+                self.counters.idle_timeout();
                 debug!("{peer}: idle timeout; closing");
             }
             Some(End::TooSlow) => {
-                self.counters.slow_clients.fetch_add(1, Relaxed);
+                self.counters.slow_client();
                 info!("{peer}: sent below the minimum data rate while others waited; closing");
             }
             _ => {}

@@ -24,88 +24,192 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// A consistent picture of the server at one moment.
+/// The one list of the server's plain counters and gauges.
 ///
-/// The numbers satisfy the contract's invariants: `busy <= workers`,
-/// `queued <= backlog` and `live == accepted - rejected - closed`; when the
-/// server is idle `busy`, `queued` and `live` are all 0.
-///
-/// # Examples
-///
-/// ```
-/// # fn main() -> Result<(), poolserver::Error> {
-/// let server = poolserver::Server::builder()
-///     .addr("127.0.0.1:0")
-///     .workers(2)
-///     .monitor_interval(std::time::Duration::ZERO)
-///     .start()?;
-/// let stats = server.stats();
-/// assert_eq!((stats.workers, stats.busy, stats.live), (2, 0, 0));
-/// server.shutdown(std::time::Duration::ZERO);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Workers serving a connection now.
-    pub busy: usize,
-    /// Size of the worker pool.
-    pub workers: usize,
-    /// Accepted connections waiting in the accept queue.
-    pub queued: usize,
-    /// Capacity of the accept queue.
-    pub backlog: usize,
-    /// Connections accepted and not yet closed (waiting or being served).
-    pub live: u64,
-    /// Connections taken from the listener since start.
-    pub accepted: u64,
-    /// Of those, turned away with a `BUSY` line.
-    pub rejected: u64,
-    /// Of those, served and closed.
-    pub closed: u64,
-    /// Bytes read from clients since start.
-    pub bytes_in: u64,
-    /// Bytes written to clients since start.
-    pub bytes_out: u64,
-    /// Most workers busy at once since start.
-    pub peak_busy: usize,
-    /// Most connections waiting in the accept queue at once since start.
-    pub peak_queued: usize,
-    /// Most connections live at once since start.
-    pub peak_live: u64,
-    /// Connections whose service panicked (each was closed; the worker
-    /// went on).
-    pub panics: u64,
-    /// Connections closed because the client sent nothing for the idle
-    /// timeout.
-    pub idle_timeouts: u64,
-    /// Connections closed because the client sent too slowly (below the
-    /// minimum data rate).
-    pub slow_clients: u64,
-    /// Connections closed because the client stopped reading and a write
-    /// could not progress within the write timeout.
-    pub write_timeouts: u64,
-    /// Connections that ended with an I/O error (reset, broken pipe).
-    pub io_errors: u64,
-    /// Errors returned by `accept(2)` since start.
-    pub accept_errors: u64,
-    /// Median time connections waited in the accept queue, since start.
-    #[serde(serialize_with = "micros")]
-    pub wait_p50: Duration,
-    /// 99th percentile of the accept-queue wait, since start.
-    #[serde(serialize_with = "micros")]
-    pub wait_p99: Duration,
+/// Each entry is `doc, name: Kind => method;`. One entry gives a field of
+/// [`Counters`] (kind [`Count`] or [`Gauge`]), the method other modules
+/// change it through (`counters.idle_timeout()` counts one; a gauge's
+/// method returns the [`Gauge`] to raise or lower), a public field of
+/// [`Stats`], and a `name=value` in the monitor's text line and JSON object
+/// (after the contract's fixed fields, in this order). The fixed fields
+/// (`busy` … `closed`, the peaks, the queue wait) are written out below,
+/// because each is derived or guarded in its own way.
+macro_rules! listed {
+    ($( $(#[doc = $doc:literal])+ $name:ident: $kind:ident => $method:ident; )*) => {
+        /// The listed counters' storage inside [`Counters`].
+        #[derive(Debug, Default)]
+        struct Listed {
+            $( $name: $kind, )*
+        }
+
+        impl Counters {
+            $( listed!(@method $kind $name $method $(#[doc = $doc])+); )*
+        }
+
+        /// A consistent picture of the server at one moment.
+        ///
+        /// The numbers satisfy the contract's invariants: `busy <= workers`,
+        /// `queued <= backlog` and `live == accepted - rejected - closed`; when the
+        /// server is idle `busy`, `queued` and `live` are all 0.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # fn main() -> Result<(), poolserver::Error> {
+        /// let server = poolserver::Server::builder()
+        ///     .addr("127.0.0.1:0")
+        ///     .workers(2)
+        ///     .monitor_interval(std::time::Duration::ZERO)
+        ///     .start()?;
+        /// let stats = server.stats();
+        /// assert_eq!((stats.workers, stats.busy, stats.live), (2, 0, 0));
+        /// server.shutdown(std::time::Duration::ZERO);
+        /// # Ok(()) }
+        /// ```
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[non_exhaustive]
+        pub struct Stats {
+            /// Workers serving a connection now.
+            pub busy: usize,
+            /// Size of the worker pool.
+            pub workers: usize,
+            /// Accepted connections waiting in the accept queue.
+            pub queued: usize,
+            /// Capacity of the accept queue.
+            pub backlog: usize,
+            /// Connections accepted and not yet closed (waiting or being served).
+            pub live: u64,
+            /// Connections taken from the listener since start.
+            pub accepted: u64,
+            /// Of those, turned away with a `BUSY` line.
+            pub rejected: u64,
+            /// Of those, served and closed.
+            pub closed: u64,
+            /// Bytes read from clients since start.
+            pub bytes_in: u64,
+            /// Bytes written to clients since start.
+            pub bytes_out: u64,
+            /// Most workers busy at once since start.
+            pub peak_busy: usize,
+            /// Most connections waiting in the accept queue at once since start.
+            pub peak_queued: usize,
+            /// Most connections live at once since start.
+            pub peak_live: u64,
+            $( $(#[doc = $doc])+ pub $name: u64, )*
+            /// Median time connections waited in the accept queue, since start.
+            #[serde(serialize_with = "as_micros")]
+            pub wait_p50: Duration,
+            /// 99th percentile of the accept-queue wait, since start.
+            #[serde(serialize_with = "as_micros")]
+            pub wait_p99: Duration,
+        }
+
+        impl Stats {
+            /// Copies the listed counters' values in.
+            fn with_listed(mut self, listed: &Listed) -> Stats {
+                $( self.$name = listed.$name.get(); )*
+                self
+            }
+
+            /// Calls `f` with the name and value of every listed counter, in
+            /// the list's order.
+            pub(crate) fn each_listed(&self, mut f: impl FnMut(&'static str, u64)) {
+                $( f(stringify!($name), self.$name); )*
+            }
+        }
+    };
+    (@method Count $name:ident $method:ident $(#[doc = $doc:literal])+) => {
+        /// Counts one more of these:
+        $(#[doc = $doc])+
+        pub(crate) fn $method(&self) {
+            self.listed.$name.add();
+        }
+    };
+    (@method Gauge $name:ident $method:ident $(#[doc = $doc:literal])+) => {
+        /// The gauge of
+        $(#[doc = $doc])+
+        pub(crate) fn $method(&self) -> &Gauge {
+            &self.listed.$name
+        }
+    };
 }
 
-fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+listed! {
+    /// Connections whose service panicked (each was closed; the worker
+    /// went on).
+    panics: Count => panic;
+    /// Connections closed because the client sent nothing for the idle
+    /// timeout.
+    idle_timeouts: Count => idle_timeout;
+    /// Connections closed because the client sent too slowly (below the
+    /// minimum data rate).
+    slow_clients: Count => slow_client;
+    /// Connections closed because the client stopped reading and a write
+    /// could not progress within the write timeout.
+    write_timeouts: Count => write_timeout;
+    /// Connections that ended with an I/O error (reset, broken pipe).
+    io_errors: Count => io_error;
+    /// Errors returned by `accept(2)` since start.
+    accept_errors: Count => accept_error;
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_micros() as u64)
+}
+
+/// A counter that only goes up, one event at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Count(AtomicU64);
+
+impl Count {
+    fn add(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A number of things present now (connections in some state).
+#[derive(Debug, Default)]
+#[allow(dead_code)] // no gauge is listed yet
+pub(crate) struct Gauge(AtomicU64);
+
+#[allow(dead_code)] // no gauge is listed yet
+impl Gauge {
+    /// One more is present.
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+
+    /// One fewer is present.
+    pub(crate) fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
 /// Byte counters owned by one worker.
 #[derive(Debug, Default)]
 pub(crate) struct WorkerIo {
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl WorkerIo {
+    /// Counts `n` bytes read from a client.
+    pub(crate) fn read(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts `n` bytes written to a client.
+    pub(crate) fn wrote(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Relaxed);
+    }
 }
 
 /// Why a connection ended, for the counters.
@@ -132,12 +236,8 @@ pub(crate) struct Counters {
     peak_busy: AtomicUsize,
     peak_queued: AtomicUsize,
     peak_live: AtomicU64,
-    pub(crate) panics: AtomicU64,
-    pub(crate) idle_timeouts: AtomicU64,
-    pub(crate) slow_clients: AtomicU64,
-    pub(crate) write_timeouts: AtomicU64,
-    pub(crate) io_errors: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
+    /// The counters of the list above.
+    listed: Listed,
     io: Box<[CachePadded<WorkerIo>]>,
     /// Accept-queue waits in microseconds. Recorded once per connection, so
     /// a lock is cheap here; the monitor diffs two copies for its interval.
@@ -177,12 +277,7 @@ impl Counters {
             peak_busy: AtomicUsize::new(0),
             peak_queued: AtomicUsize::new(0),
             peak_live: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
-            idle_timeouts: AtomicU64::new(0),
-            slow_clients: AtomicU64::new(0),
-            write_timeouts: AtomicU64::new(0),
-            io_errors: AtomicU64::new(0),
-            accept_errors: AtomicU64::new(0),
+            listed: Listed::default(),
             io: (0..workers).map(|_| CachePadded::default()).collect(),
             queue_wait: Mutex::new(new_wait_histogram()),
             saturated: AtomicBool::new(false),
@@ -284,15 +379,11 @@ impl Counters {
             peak_busy: self.peak_busy.load(Relaxed).max(busy),
             peak_queued: self.peak_queued.load(Relaxed).max(queued),
             peak_live: self.peak_live.load(Relaxed).max(live),
-            panics: self.panics.load(Relaxed),
-            idle_timeouts: self.idle_timeouts.load(Relaxed),
-            slow_clients: self.slow_clients.load(Relaxed),
-            write_timeouts: self.write_timeouts.load(Relaxed),
-            io_errors: self.io_errors.load(Relaxed),
-            accept_errors: self.accept_errors.load(Relaxed),
             wait_p50,
             wait_p99,
+            ..Stats::default()
         }
+        .with_listed(&self.listed)
     }
 }
 
