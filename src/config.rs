@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::service::{Service, Uppercase};
+use crate::service::{EventService, Service, ServiceKind, Uppercase};
 
 /// What the acceptor does when the accept queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,7 +88,7 @@ pub struct ServerBuilder {
     pub(crate) monitor_format: MonitorFormat,
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
-    pub(crate) service: Arc<dyn Service>,
+    pub(crate) service: ServiceKind,
     pub(crate) read_buffer_size: usize,
     pub(crate) worker_stack_size: usize,
 }
@@ -159,7 +159,7 @@ impl Default for ServerBuilder {
             monitor_format: MonitorFormat::Text,
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            service: Arc::new(Uppercase),
+            service: ServiceKind::Event(Arc::new(Uppercase)),
             read_buffer_size: DEFAULT_READ_BUFFER,
             worker_stack_size: DEFAULT_WORKER_STACK,
         }
@@ -307,10 +307,21 @@ impl ServerBuilder {
         self
     }
 
-    /// What each worker does with a connection. Defaults to the uppercase
-    /// loop, [`Uppercase`].
+    /// What each worker does with a connection, as a blocking [`Service`]
+    /// (connection mode only). Replaces any earlier
+    /// [`event_service`](Self::event_service). Defaults to
+    /// `event_service(Uppercase)`.
     pub fn service(mut self, service: impl Service) -> Self {
-        self.service = Arc::new(service);
+        self.service = ServiceKind::Blocking(Arc::new(service));
+        self
+    }
+
+    /// What each worker does with a connection, as an [`EventService`]
+    /// (byte logic that runs in every dispatch mode). Replaces any earlier
+    /// [`service`](Self::service). Defaults to the uppercase loop,
+    /// [`Uppercase`].
+    pub fn event_service(mut self, service: impl EventService) -> Self {
+        self.service = ServiceKind::Event(Arc::new(service));
         self
     }
 

@@ -87,7 +87,7 @@ pub use config::{
 pub use connection::{Connection, End};
 pub use error::Error;
 pub use server::{Server, STARTUP_TARGET};
-pub use service::{Buffers, Echo, Service, Uppercase};
+pub use service::{serve_blocking, Buffers, Echo, EventService, Flow, Service, Session, Uppercase};
 pub use stats::Stats;
 
 #[doc = include_str!("../README.md")]

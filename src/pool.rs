@@ -23,7 +23,7 @@ use crate::closer::Closer;
 use crate::connection::{is_write_stall, Connection, End, Limits};
 use crate::protocol::{BUSY_SHUTDOWN, BUSY_WAITED};
 use crate::queue::Job;
-use crate::service::{Buffers, Service};
+use crate::service::{Buffers, ServiceKind};
 use crate::shutdown::Shutdown;
 use crate::stats::{BusyGuard, Counters};
 
@@ -32,7 +32,7 @@ use crate::stats::{BusyGuard, Counters};
 pub(crate) struct PoolContext {
     pub(crate) counters: Arc<Counters>,
     pub(crate) shutdown: Arc<Shutdown>,
-    pub(crate) service: Arc<dyn Service>,
+    pub(crate) service: ServiceKind,
     pub(crate) limits: Limits,
     /// `None` when connections may wait in the queue as long as it takes.
     pub(crate) queue_timeout: Option<Duration>,

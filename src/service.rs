@@ -1,12 +1,23 @@
-//! What a worker does with a connection: the [`Service`] trait, and the
-//! uppercase loop ([`Uppercase`]) that is the server's default service.
+//! What a worker does with a connection, in two shapes:
 //!
-//! A service borrows the worker's [`Buffers`], allocated once per worker
+//! * [`EventService`] and its per-connection [`Session`]: byte logic only,
+//!   fed what each read returned and appending the reply to a buffer, with
+//!   no sockets and no blocking. The built-in [`Uppercase`] and [`Echo`]
+//!   are written this way, so they run in every dispatch mode; in
+//!   connection mode [`serve_blocking`] drives a session over a
+//!   [`Connection`] — the one read/answer/write loop of the crate.
+//! * [`Service`]: a blocking handler that owns the whole conversation on a
+//!   [`Connection`] (connection mode only), for protocols that are easier
+//!   to write as straight-line code.
+//!
+//! Either one borrows the worker's [`Buffers`], allocated once per worker
 //! thread, so serving a connection allocates nothing per read.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, End};
 use crate::protocol::{Feed, Uppercaser, MAX_EXPANSION};
 
 /// Serves one whole connection, from its first byte to the close.
@@ -59,6 +70,140 @@ pub trait Service: Send + Sync + std::fmt::Debug + 'static {
     fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()>;
 }
 
+/// What a session wants after a chunk of input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Send what was appended and keep reading.
+    Continue,
+    /// Send what was appended, then close the connection.
+    Close,
+}
+
+/// One connection's conversation state. Fed what each read returned, in
+/// either dispatch mode; in event mode it moves with the connection while
+/// parked (keep it small).
+pub trait Session: Send + 'static {
+    /// `input` is what one read returned; append the reply to `out` (the
+    /// caller clears `out` before each call and has reserved
+    /// [`EventService::max_output`]`(input.len())` bytes).
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow;
+
+    /// The stream is over (`end`: [`End::Eof`], [`End::Idle`],
+    /// [`End::TooSlow`], [`End::Shutdown`]); append what is still held.
+    fn on_end(&mut self, end: End, out: &mut Vec<u8>);
+}
+
+/// An event-style service: byte logic only, no sockets. [`Uppercase`] and
+/// [`Echo`] implement it; connection mode runs it through
+/// [`serve_blocking`], event mode through the poller.
+///
+/// # Examples
+///
+/// A service that answers every chunk with its length, tested without a
+/// server by feeding its session directly:
+///
+/// ```
+/// use poolserver::{End, EventService, Flow, Session};
+///
+/// #[derive(Debug)]
+/// struct Count;
+/// struct CountSession;
+///
+/// impl EventService for Count {
+///     fn open(&self, _peer: std::net::SocketAddr) -> Box<dyn Session> {
+///         Box::new(CountSession)
+///     }
+///     fn max_output(&self, _input_len: usize) -> usize {
+///         21 // "18446744073709551615\n"
+///     }
+/// }
+///
+/// impl Session for CountSession {
+///     fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+///         out.extend_from_slice(format!("{}\n", input.len()).as_bytes());
+///         Flow::Continue
+///     }
+///     fn on_end(&mut self, _end: End, _out: &mut Vec<u8>) {}
+/// }
+///
+/// let mut session = Count.open("127.0.0.1:9".parse().unwrap());
+/// let mut out = Vec::new();
+/// assert_eq!(session.on_data(b"hello", &mut out), Flow::Continue);
+/// assert_eq!(out, b"5\n");
+///
+/// // The same service behind a server: `.event_service(Count)`.
+/// # let server = poolserver::Server::builder()
+/// #     .addr("127.0.0.1:0")
+/// #     .event_service(Count)
+/// #     .monitor_interval(std::time::Duration::ZERO)
+/// #     .start()
+/// #     .unwrap();
+/// # server.shutdown(std::time::Duration::ZERO);
+/// ```
+pub trait EventService: Send + Sync + std::fmt::Debug + 'static {
+    /// A new conversation with the client at `peer`.
+    fn open(&self, peer: SocketAddr) -> Box<dyn Session>;
+
+    /// Upper bound of output bytes for `input_len` input bytes (default:
+    /// `input_len`).
+    fn max_output(&self, input_len: usize) -> usize {
+        input_len
+    }
+}
+
+/// Serves a connection with an [`EventService`], blocking: reads, feeds
+/// the session, writes its reply, until the session closes or the stream
+/// ends (then the session answers what it still holds).
+///
+/// This is how the pool runs an event service in connection mode; a
+/// blocking [`Service`] can call it to hand a connection on, as in
+/// `serve_blocking(&Uppercase, conn, bufs)`.
+///
+/// # Errors
+///
+/// Socket errors from the connection's reads and writes.
+pub fn serve_blocking(
+    service: &dyn EventService,
+    conn: &mut Connection<'_>,
+    bufs: &mut Buffers,
+) -> io::Result<()> {
+    let mut session = service.open(conn.peer_addr());
+    loop {
+        let n = conn.read(&mut bufs.input)?;
+        bufs.output.clear();
+        if n == 0 {
+            // End of stream (or idle, or shutdown): answer what is held.
+            session.on_end(conn.end().unwrap_or(End::Eof), &mut bufs.output);
+            return conn.write_all(&bufs.output);
+        }
+        bufs.output.reserve(service.max_output(n));
+        let flow = session.on_data(&bufs.input[..n], &mut bufs.output);
+        conn.write_all(&bufs.output)?;
+        if flow == Flow::Close {
+            return Ok(());
+        }
+    }
+}
+
+/// The service a server runs, in either shape.
+#[derive(Debug, Clone)]
+pub(crate) enum ServiceKind {
+    /// A [`Service`]: connection mode only.
+    Blocking(Arc<dyn Service>),
+    /// An [`EventService`]: every dispatch mode.
+    Event(Arc<dyn EventService>),
+}
+
+impl ServiceKind {
+    /// Serves one connection in connection mode.
+    pub(crate) fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
+        match self {
+            ServiceKind::Blocking(service) => service.serve(conn, bufs),
+            ServiceKind::Event(service) => serve_blocking(&**service, conn, bufs),
+        }
+    }
+}
+
 /// Buffers owned by one worker and lent to each connection it serves.
 #[derive(Debug)]
 pub struct Buffers {
@@ -70,7 +215,9 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    pub(crate) fn new(read_size: usize) -> Self {
+    /// Buffers for reads of up to `read_size` bytes (the server uses its
+    /// [`read_buffer_size`](crate::ServerBuilder::read_buffer_size)).
+    pub fn new(read_size: usize) -> Self {
         Buffers {
             input: vec![0; read_size].into_boxed_slice(),
             output: Vec::with_capacity(MAX_EXPANSION * (read_size + 16)),
@@ -78,29 +225,38 @@ impl Buffers {
     }
 }
 
-/// The uppercase loop of contract §2: every byte comes back uppercased
-/// (Unicode rules; invalid UTF-8 unchanged) as soon as it arrives, until the
-/// client closes or sends a line that is exactly `exit` or `quit`.
+/// The uppercase loop (README, The protocol): every byte comes back
+/// uppercased (Unicode rules; invalid UTF-8 unchanged) as soon as it
+/// arrives, until the client closes or sends a line that is exactly `exit`
+/// or `quit`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Uppercase;
 
-impl Service for Uppercase {
-    fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
-        let mut upper = Uppercaser::new();
-        loop {
-            let n = conn.read(&mut bufs.input)?;
-            bufs.output.clear();
-            if n == 0 {
-                // End of stream (or idle, or shutdown): answer what is held.
-                upper.finish(&mut bufs.output);
-                return conn.write_all(&bufs.output);
-            }
-            let verdict = upper.feed(&bufs.input[..n], &mut bufs.output);
-            conn.write_all(&bufs.output)?;
-            if verdict == Feed::Exit {
-                return Ok(());
-            }
+/// Its session is the pure [`Uppercaser`] of the protocol module.
+struct UppercaseSession(Uppercaser);
+
+impl EventService for Uppercase {
+    fn open(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(UppercaseSession(Uppercaser::new()))
+    }
+
+    /// What [`Uppercaser::feed`] may append: every input byte and each of
+    /// the (at most 8) held-back bytes expanded.
+    fn max_output(&self, input_len: usize) -> usize {
+        MAX_EXPANSION * (input_len + 8)
+    }
+}
+
+impl Session for UppercaseSession {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        match self.0.feed(input, out) {
+            Feed::Continue => Flow::Continue,
+            Feed::Exit => Flow::Close,
         }
+    }
+
+    fn on_end(&mut self, _end: End, out: &mut Vec<u8>) {
+        self.0.finish(out);
     }
 }
 
@@ -109,14 +265,55 @@ impl Service for Uppercase {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Echo;
 
-impl Service for Echo {
-    fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
-        loop {
-            let n = conn.read(&mut bufs.input)?;
-            if n == 0 {
-                return Ok(());
-            }
-            conn.write_all(&bufs.input[..n])?;
-        }
+/// Echo holds nothing between reads.
+struct EchoSession;
+
+impl EventService for Echo {
+    fn open(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(EchoSession)
+    }
+}
+
+impl Session for EchoSession {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        out.extend_from_slice(input);
+        Flow::Continue
+    }
+
+    fn on_end(&mut self, _end: End, _out: &mut Vec<u8>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn uppercase_session_closes_on_quit_and_answers_what_it_held_at_the_end() {
+        let mut s = Uppercase.open(peer());
+        let mut out = Vec::new();
+        assert_eq!(s.on_data(b"stra\xC3", &mut out), Flow::Continue);
+        assert_eq!(s.on_data(b"\x9Fe\nqui", &mut out), Flow::Continue);
+        assert_eq!(out, "STRASSE\n".as_bytes());
+        out.clear();
+        s.on_end(End::Eof, &mut out);
+        assert_eq!(out, b"QUI");
+
+        let mut s = Uppercase.open(peer());
+        out.clear();
+        assert_eq!(s.on_data(b"a\nquit\nb", &mut out), Flow::Close);
+        assert_eq!(out, b"A\n");
+    }
+
+    #[test]
+    fn echo_session_returns_input_unchanged() {
+        let mut s = Echo.open(peer());
+        let mut out = Vec::new();
+        assert_eq!(s.on_data(b"quit\n\xFF", &mut out), Flow::Continue);
+        assert_eq!(out, b"quit\n\xFF");
+        assert_eq!(Echo.max_output(7), 7);
     }
 }

@@ -184,8 +184,8 @@ fn main() -> ExitCode {
         builder = builder.listen_backlog(n as usize);
     }
     builder = match args.service {
-        ServiceArg::Uppercase => builder.service(Uppercase),
-        ServiceArg::Echo => builder.service(Echo),
+        ServiceArg::Uppercase => builder.event_service(Uppercase),
+        ServiceArg::Echo => builder.event_service(Echo),
     };
 
     let server = match builder.start() {

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use poolserver::{Buffers, Connection, Overflow, Service, Uppercase};
+use poolserver::{serve_blocking, Buffers, Connection, Overflow, Service, Uppercase};
 
 use crate::support::{self, connect, read_to_close, round_trip, served_client, wait_until};
 use crate::support::{ServerProcess, PATIENCE};
@@ -327,7 +327,7 @@ impl Service for EveryTenth {
         if self.0.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
             panic!("the tenth connection");
         }
-        Uppercase.serve(conn, bufs)
+        serve_blocking(&Uppercase, conn, bufs)
     }
 }
 

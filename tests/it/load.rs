@@ -8,10 +8,11 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use poolserver::protocol::{Feed, Uppercaser};
-use poolserver::{Buffers, Connection, Echo, Overflow, Service};
+use poolserver::{Buffers, Connection, Echo, End, EventService, Flow, Overflow, Service};
+use poolserver::{Session, Uppercase};
 use serde_json::Value;
 
 use crate::support;
@@ -196,7 +197,11 @@ fn connect_mode_counts_whole_cycles() {
 
 #[test]
 fn echo_server_passes_with_expect_echo() {
-    let server = support::builder().workers(2).service(Echo).start().unwrap();
+    let server = support::builder()
+        .workers(2)
+        .event_service(Echo)
+        .start()
+        .unwrap();
     let out = poolload(
         server.local_addr(),
         &["-n", "50", "-c", "2", "--expect", "echo"],
@@ -221,31 +226,42 @@ fn uppercase_replies_are_wrong_for_expect_echo() {
     assert!(stderr(&out).contains("wrong replies"), "{}", stderr(&out));
 }
 
-/// The uppercase loop with one byte of every fifth reply changed.
+/// The uppercase loop with one byte of every fifth reply changed: the
+/// uppercase session, wrapped.
 #[derive(Debug, Default)]
 struct Corrupting {
-    replies: AtomicU64,
+    replies: Arc<AtomicU64>,
 }
 
-impl Service for Corrupting {
-    fn serve(&self, conn: &mut Connection<'_>, bufs: &mut Buffers) -> io::Result<()> {
-        let mut upper = Uppercaser::new();
-        loop {
-            let n = conn.read(&mut bufs.input)?;
-            bufs.output.clear();
-            if n == 0 {
-                upper.finish(&mut bufs.output);
-                return conn.write_all(&bufs.output);
-            }
-            let verdict = upper.feed(&bufs.input[..n], &mut bufs.output);
-            if !bufs.output.is_empty() && self.replies.fetch_add(1, Ordering::Relaxed) % 5 == 4 {
-                bufs.output[0] ^= 0x01;
-            }
-            conn.write_all(&bufs.output)?;
-            if verdict == Feed::Exit {
-                return Ok(());
-            }
+struct CorruptingSession {
+    upper: Box<dyn Session>,
+    replies: Arc<AtomicU64>,
+}
+
+impl EventService for Corrupting {
+    fn open(&self, peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(CorruptingSession {
+            upper: Uppercase.open(peer),
+            replies: Arc::clone(&self.replies),
+        })
+    }
+
+    fn max_output(&self, input_len: usize) -> usize {
+        Uppercase.max_output(input_len)
+    }
+}
+
+impl Session for CorruptingSession {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        let flow = self.upper.on_data(input, out);
+        if !out.is_empty() && self.replies.fetch_add(1, Ordering::Relaxed) % 5 == 4 {
+            out[0] ^= 0x01;
         }
+        flow
+    }
+
+    fn on_end(&mut self, end: End, out: &mut Vec<u8>) {
+        self.upper.on_end(end, out);
     }
 }
 
@@ -253,7 +269,7 @@ impl Service for Corrupting {
 fn corrupted_replies_fail_the_run() {
     let server = support::builder()
         .workers(1)
-        .service(Corrupting::default())
+        .event_service(Corrupting::default())
         .start()
         .unwrap();
     let out = poolload(server.local_addr(), &["-n", "50", "-c", "1"]);
