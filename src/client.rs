@@ -1,5 +1,5 @@
-//! The library side of `poolclient` (contract §5): connect to a server and
-//! run one conversation between a byte source (standard input) and a byte
+//! The library side of `poolclient` (README, "The client"): connect to a
+//! server and run one conversation between a byte source (standard input) and a byte
 //! sink (standard output).
 //!
 //! Two directions run at once, because the uppercase loop answers as bytes
@@ -78,10 +78,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Resolve { addr, source } => write!(
-                f,
-                "cannot resolve `{addr}` ({source}); give --addr as HOST:PORT, e.g. 127.0.0.1:8080"
-            ),
+            ClientError::Resolve { addr, source } => unresolved(f, addr, source),
             ClientError::Connect { addr, source } => write!(
                 f,
                 "cannot connect to {addr} ({source}); is poolserver running? \
@@ -117,20 +114,11 @@ impl std::error::Error for ClientError {
 /// [`ClientError::Resolve`] when `addr` resolves to nothing,
 /// [`ClientError::Connect`] when no address accepts.
 pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|source| ClientError::Resolve {
-            addr: addr.to_string(),
-            source,
-        })?
-        .collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolved to nothing");
-    if addrs.is_empty() {
-        return Err(ClientError::Resolve {
-            addr: addr.to_string(),
-            source: last,
-        });
-    }
+    let addrs = resolve(addr).map_err(|source| ClientError::Resolve {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to try");
     for sa in addrs {
         match TcpStream::connect_timeout(&sa, timeout) {
             Ok(stream) => {
@@ -145,6 +133,33 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> 
         addr: addr.to_string(),
         source: last,
     })
+}
+
+/// Resolves `addr` (`HOST:PORT`) to the socket addresses to try, in the
+/// resolver's order. Resolving to nothing is an error too. Shared with the
+/// load generator, so both tools accept and refuse the same addresses.
+pub(crate) fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the address resolved to nothing",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// The message for an address that did not resolve, with how to write one;
+/// `poolclient` and `poolload` say the same.
+pub(crate) fn unresolved(
+    f: &mut fmt::Formatter<'_>,
+    addr: &str,
+    source: &io::Error,
+) -> fmt::Result {
+    write!(
+        f,
+        "cannot resolve `{addr}` ({source}); give --addr as HOST:PORT, e.g. 127.0.0.1:8080"
+    )
 }
 
 /// Runs one conversation on `stream`: `input` goes to the server from a

@@ -1,5 +1,5 @@
-//! `poolclient` (contract §5): sends standard input to a poolserver and
-//! prints what comes back, both directions at once. This file owns only the
+//! `poolclient` (README, "The client"): sends standard input to a
+//! poolserver and prints what comes back, both directions at once. This file owns only the
 //! command line and the mapping to messages and exit codes; the
 //! conversation itself is `poolserver::client`.
 //!

@@ -1,5 +1,5 @@
-//! `poolload` (contract §6): a load generator that checks every reply byte
-//! for byte. This file owns the command line, the progress bar and the exit
+//! `poolload` (README, "The load generator"): a load generator that checks
+//! every reply byte for byte. This file owns the command line, the progress bar and the exit
 //! codes; the connections, the check and the report are
 //! `poolserver::load`.
 //!

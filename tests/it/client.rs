@@ -1,5 +1,5 @@
-//! The `poolclient` binary (contract §5), driven through pipes against a
-//! real server started in-process: piped lines come back uppercased, `exit`
+//! The `poolclient` binary (README, "The client"), driven through pipes
+//! against a real server started in-process: piped lines come back uppercased, `exit`
 //! ends the conversation, the server closing first ends the client while
 //! its stdin is still open, and a refused connection is one clear line and
 //! exit code 1. Every wait has a deadline; no sleep stands in for a
@@ -149,7 +149,7 @@ fn input_without_a_newline_is_answered_at_end_of_input() {
     let out = pipe(server.local_addr(), b"abc\ndef");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ABC\nDEF");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
-    // An unterminated `quit` at end of input is data (contract §2.7).
+    // An unterminated `quit` at end of input is data (README, "The protocol").
     let out = pipe(server.local_addr(), b"quit");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "QUIT");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);

@@ -1,5 +1,5 @@
-//! The `poolload` binary (contract §6) against servers started in-process on
-//! 127.0.0.1 port 0: exact round-trip counts in every mode, a deliberately
+//! The `poolload` binary (README, "The load generator") against servers
+//! started in-process on 127.0.0.1 port 0: exact round-trip counts in every mode, a deliberately
 //! wrong server caught byte for byte, unserved connections reported (not
 //! hidden, not hanging), deadlines, and the exit codes. The server's own
 //! counters cross-check what poolload says it did.

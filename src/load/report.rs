@@ -1,0 +1,448 @@
+//! The [`Report`] of a run (the `--json` line is it, serialized), its text
+//! form, and the pure math that turns per-connection tallies and the
+//! latency histograms into it.
+
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{Expect, Live, LoadConfig, Mode};
+
+/// Highest latency the histograms hold, in microseconds (one hour);
+/// anything longer is recorded as this.
+const HIST_MAX_US: u64 = 3_600_000_000;
+/// Examples of distinct error messages kept for the report.
+pub(super) const MAX_EXAMPLES: usize = 5;
+
+/// The result of a run; the `--json` line is this, serialized.
+///
+/// Latencies are in microseconds; `MB` is 10^6 bytes. Fields that do not
+/// apply to a mode are 0 (latency percentiles in bulk mode,
+/// `connects_per_sec` outside connect mode).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The mode that ran.
+    pub mode: Mode,
+    /// The address as given.
+    pub addr: String,
+    /// What a correct reply was.
+    pub expect: Expect,
+    /// Connections (or connect loops) asked for.
+    pub connections: usize,
+    /// Message size in bytes.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub pipeline: usize,
+    /// The measured time, in seconds, that the rates divide by.
+    pub duration_s: f64,
+    /// Round trips counted (connect mode: whole cycles; bulk mode: message
+    /// lines whose reply was read in full).
+    pub round_trips: u64,
+    /// `round_trips / duration_s`.
+    pub rt_per_sec: f64,
+    /// Reply bytes counted (bulk mode: every reply byte read and compared).
+    pub bytes_verified: u64,
+    /// `bytes_verified / duration_s`, in MB (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// Median latency (pingpong: send to reply complete; connect: whole
+    /// cycle).
+    pub p50_us: u64,
+    /// 90th percentile latency.
+    pub p90_us: u64,
+    /// 99th percentile latency.
+    pub p99_us: u64,
+    /// 99.9th percentile latency.
+    pub p999_us: u64,
+    /// Highest latency.
+    pub max_us: u64,
+    /// Replies that differed from the expected bytes (plus unexpected bytes
+    /// after the last reply).
+    pub wrong_replies: u64,
+    /// Connections that failed: refused, reset, closed early, timed out.
+    pub errors: u64,
+    /// Connections that connected but got no reply within the run (they
+    /// waited in the server's accept queue), then were closed.
+    pub never_served: u64,
+    /// Connections answered with a `BUSY` line instead of a reply.
+    pub rejected: u64,
+    /// Fewest round trips counted on one connection (loop).
+    pub fewest_rt: u64,
+    /// Most round trips counted on one connection (loop).
+    pub most_rt: u64,
+    /// Median time from connect to the first complete reply: the accept
+    /// queue's wait as seen from outside.
+    pub first_reply_p50_us: u64,
+    /// 99th percentile of the same.
+    pub first_reply_p99_us: u64,
+    /// Longest of the same.
+    pub first_reply_max_us: u64,
+    /// Connect mode: counted cycles per second.
+    pub connects_per_sec: f64,
+    /// The hard deadline passed before the run finished: counts are
+    /// incomplete.
+    pub cut_by_deadline: bool,
+    /// The run was ended early by [`Live::stop`] (Ctrl-C): the figures
+    /// cover the time until then. Not a failure by itself.
+    pub interrupted: bool,
+    /// A few distinct error messages (and notes on unexpected bytes after
+    /// the last reply), each with how often it happened.
+    pub error_examples: Vec<String>,
+}
+
+impl Report {
+    /// True when every reply was right, nothing failed and the run was not
+    /// cut. Unserved and rejected connections are not failures by
+    /// themselves.
+    pub fn passed(&self) -> bool {
+        self.wrong_replies == 0 && self.errors == 0 && !self.cut_by_deadline
+    }
+
+    /// One sentence saying what went wrong, or `None` if [`passed`](Self::passed).
+    pub fn failure_summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.wrong_replies > 0 {
+            parts.push(format!(
+                "{} wrong {} (bytes differed from the {} expected)",
+                self.wrong_replies,
+                plural(self.wrong_replies, "reply", "replies"),
+                match self.expect {
+                    Expect::Upper => "uppercase reply",
+                    Expect::Echo => "echo",
+                }
+            ));
+        }
+        if self.errors > 0 {
+            let example = self
+                .error_examples
+                .first()
+                .map(|e| format!(", e.g. {e}"))
+                .unwrap_or_default();
+            parts.push(format!(
+                "{} {}{example}",
+                self.errors,
+                plural(self.errors, "error", "errors")
+            ));
+        }
+        if self.cut_by_deadline {
+            parts.push("the run hit its --deadline before finishing".to_string());
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+pub(super) fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "poolload: {} mode, {} {} to {}, {}-byte messages, pipeline {}, expecting {} replies",
+            self.mode,
+            self.connections,
+            plural(self.connections as u64, "connection", "connections"),
+            self.addr,
+            self.size,
+            self.pipeline,
+            match self.expect {
+                Expect::Upper => "uppercase",
+                Expect::Echo => "echo",
+            }
+        )?;
+        writeln!(f, "  measured       {:.3} s", self.duration_s)?;
+        let what = match self.mode {
+            Mode::Pingpong => "round trips",
+            Mode::Bulk => "messages",
+            Mode::Connect => "cycles",
+        };
+        writeln!(
+            f,
+            "  {what:<14} {} ({:.1}/s); per connection fewest {}, most {}",
+            self.round_trips, self.rt_per_sec, self.fewest_rt, self.most_rt
+        )?;
+        writeln!(
+            f,
+            "  throughput     {:.2} MB/s of verified replies ({} bytes; MB = 10^6 bytes)",
+            self.mb_per_sec, self.bytes_verified
+        )?;
+        if self.mode == Mode::Connect {
+            writeln!(f, "  connects       {:.1}/s", self.connects_per_sec)?;
+        }
+        if self.mode != Mode::Bulk {
+            writeln!(
+                f,
+                "  latency        p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+                self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+            )?;
+        }
+        writeln!(
+            f,
+            "  first reply    p50 {} us, p99 {} us, max {} us (connect to first reply)",
+            self.first_reply_p50_us, self.first_reply_p99_us, self.first_reply_max_us
+        )?;
+        writeln!(
+            f,
+            "  never served   {}, rejected (BUSY) {}",
+            self.never_served, self.rejected
+        )?;
+        write!(
+            f,
+            "  wrong replies  {}, errors {}, cut by deadline: {}",
+            self.wrong_replies,
+            self.errors,
+            if self.cut_by_deadline { "yes" } else { "no" }
+        )?;
+        if self.interrupted {
+            write!(
+                f,
+                "\n  interrupted    stopped early (Ctrl-C); the figures cover the {:.3} s measured",
+                self.duration_s
+            )?;
+        }
+        for e in &self.error_examples {
+            write!(f, "\n  error          {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one connection (or connect loop) did.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    /// Round trips (cycles, bulk message lines) counted.
+    pub(super) counted: u64,
+    /// Reply bytes counted.
+    pub(super) bytes: u64,
+    /// Wrong replies.
+    pub(super) wrong: u64,
+    /// Errors; each also leaves an example in `error_messages`.
+    pub(super) errors: u64,
+    /// Connections that got no reply within the run.
+    pub(super) never_served: u64,
+    /// Connections answered with `BUSY`.
+    pub(super) rejected: u64,
+    /// The deadline cut this connection's work short.
+    pub(super) cut: bool,
+    /// When the last counted reply completed.
+    pub(super) last_counted: Option<Instant>,
+    /// When the connection's work ended (before its close).
+    pub(super) finished: Option<Instant>,
+    /// The first few error messages, for the report's examples.
+    pub(super) error_messages: Vec<String>,
+}
+
+impl Tally {
+    pub(super) fn error(&mut self, live: &Live, message: String) {
+        self.errors += 1;
+        live.errors.fetch_add(1, Relaxed);
+        if self.error_messages.len() < MAX_EXAMPLES {
+            self.error_messages.push(message);
+        }
+    }
+
+    /// The server sent `n` bytes after every expected reply: a wrong reply
+    /// and an error.
+    pub(super) fn unasked(&mut self, live: &Live, n: usize) {
+        self.wrong(live, 1);
+        self.error(live, format!("the server sent {n} bytes nobody asked for"));
+    }
+
+    pub(super) fn wrong(&mut self, live: &Live, n: u64) {
+        if n > 0 {
+            self.wrong += n;
+            live.wrong.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// The measured window and the histograms, as the drivers left them.
+#[derive(Debug)]
+pub(super) struct Measured<'h> {
+    /// The measured time the rates divide by.
+    pub(super) window: Duration,
+    /// Round-trip (cycle) latencies.
+    pub(super) latency: &'h Histogram<u64>,
+    /// Connect-to-first-reply times.
+    pub(super) first_reply: &'h Histogram<u64>,
+    /// The run was stopped early.
+    pub(super) interrupted: bool,
+}
+
+/// Turns per-connection tallies into the report.
+pub(super) fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>) -> Report {
+    let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
+    let round_trips = sum(|t| t.counted);
+    let bytes_verified = sum(|t| t.bytes);
+    let secs = m.window.as_secs_f64();
+    let rate = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+    let q = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
+    let bulk = cfg.mode == Mode::Bulk;
+
+    // Distinct error messages with counts, most frequent first.
+    let mut examples: Vec<(String, u64)> = Vec::new();
+    for msg in tallies.iter().flat_map(|t| &t.error_messages) {
+        match examples.iter_mut().find(|(m, _)| m == msg) {
+            Some((_, n)) => *n += 1,
+            None => examples.push((msg.clone(), 1)),
+        }
+    }
+    examples.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let error_examples = examples
+        .into_iter()
+        .take(MAX_EXAMPLES)
+        .map(|(m, n)| if n > 1 { format!("{m} (x{n})") } else { m })
+        .collect();
+
+    Report {
+        mode: cfg.mode,
+        addr: cfg.addr.clone(),
+        expect: cfg.expect,
+        connections: cfg.connections,
+        size: cfg.size,
+        pipeline: cfg.pipeline,
+        duration_s: secs,
+        round_trips,
+        rt_per_sec: rate(round_trips as f64),
+        bytes_verified,
+        mb_per_sec: rate(bytes_verified as f64) / 1e6,
+        p50_us: if bulk { 0 } else { q(m.latency, 0.5) },
+        p90_us: if bulk { 0 } else { q(m.latency, 0.9) },
+        p99_us: if bulk { 0 } else { q(m.latency, 0.99) },
+        p999_us: if bulk { 0 } else { q(m.latency, 0.999) },
+        max_us: if bulk || m.latency.is_empty() {
+            0
+        } else {
+            m.latency.max()
+        },
+        wrong_replies: sum(|t| t.wrong),
+        errors: sum(|t| t.errors),
+        never_served: sum(|t| t.never_served),
+        rejected: sum(|t| t.rejected),
+        fewest_rt: tallies.iter().map(|t| t.counted).min().unwrap_or(0),
+        most_rt: tallies.iter().map(|t| t.counted).max().unwrap_or(0),
+        first_reply_p50_us: q(m.first_reply, 0.5),
+        first_reply_p99_us: q(m.first_reply, 0.99),
+        first_reply_max_us: if m.first_reply.is_empty() {
+            0
+        } else {
+            m.first_reply.max()
+        },
+        connects_per_sec: if cfg.mode == Mode::Connect {
+            rate(round_trips as f64)
+        } else {
+            0.0
+        },
+        cut_by_deadline: tallies.iter().any(|t| t.cut),
+        interrupted: m.interrupted,
+        error_examples,
+    }
+}
+
+pub(super) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// `d` in microseconds, clamped to what the histograms hold: 1 us (a
+/// zero would be refused) to [`HIST_MAX_US`].
+pub(super) fn histogram_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, HIST_MAX_US)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(counted: u64) -> Tally {
+        Tally {
+            counted,
+            bytes: counted * 64,
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn report_math() {
+        let cfg = LoadConfig {
+            connections: 3,
+            ..LoadConfig::default()
+        };
+        let mut lat = new_histogram();
+        for us in 1..=1000 {
+            lat.record(us).unwrap();
+        }
+        let mut first = new_histogram();
+        first.record(500).unwrap();
+        first.record(1500).unwrap();
+        let mut broken = tally(0);
+        broken.error(&Live::default(), "boom".into());
+        broken.error(&Live::default(), "boom".into());
+        broken.never_served = 1;
+        let tallies = [tally(100), tally(300), broken];
+        let r = build_report(
+            &cfg,
+            &tallies,
+            &Measured {
+                window: Duration::from_secs(2),
+                latency: &lat,
+                first_reply: &first,
+                interrupted: false,
+            },
+        );
+        assert_eq!(r.round_trips, 400);
+        assert_eq!(r.rt_per_sec, 200.0);
+        assert_eq!(r.bytes_verified, 400 * 64);
+        assert!((r.mb_per_sec - 400.0 * 64.0 / 2.0 / 1e6).abs() < 1e-12);
+        assert_eq!((r.fewest_rt, r.most_rt), (0, 300));
+        assert_eq!(r.p50_us, 500);
+        assert_eq!(r.p90_us, 900);
+        assert_eq!(r.p99_us, 990);
+        assert_eq!(r.p999_us, 999);
+        assert_eq!(r.max_us, 1000);
+        assert_eq!(r.first_reply_max_us, 1500);
+        assert_eq!((r.errors, r.never_served, r.wrong_replies), (2, 1, 0));
+        assert_eq!(r.error_examples, ["boom (x2)"]);
+        assert_eq!(r.connects_per_sec, 0.0);
+        assert!(!r.passed());
+        assert!(r.failure_summary().unwrap().contains("2 errors, e.g. boom"));
+    }
+
+    #[test]
+    fn empty_run_reports_zeros_not_nan() {
+        let cfg = LoadConfig::default();
+        let h = new_histogram();
+        let r = build_report(
+            &cfg,
+            &[tally(0)],
+            &Measured {
+                window: Duration::ZERO,
+                latency: &h,
+                first_reply: &h,
+                interrupted: false,
+            },
+        );
+        assert_eq!(
+            (r.rt_per_sec, r.mb_per_sec, r.p50_us, r.max_us),
+            (0.0, 0.0, 0, 0)
+        );
+        assert!(r.passed());
+        assert_eq!(r.failure_summary(), None);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"mode\":\"pingpong\""), "{json}");
+    }
+}
