@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+/// How long `poolclient` waits for a connect by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Bytes moved per read in each direction. Large enough for piped bulk
 /// input, and a terminal delivers a line at a time anyway.
 const CHUNK: usize = 64 * 1024;

@@ -31,7 +31,8 @@ struct Args {
     addr: String,
 
     /// Give up connecting after this long (250ms, 5s; a bare number is seconds)
-    #[arg(long, env = "POOLCLIENT_CONNECT_TIMEOUT", value_name = "DUR", default_value = "10s",
+    #[arg(long, env = "POOLCLIENT_CONNECT_TIMEOUT", value_name = "DUR",
+          default_value = humantime::format_duration(client::DEFAULT_CONNECT_TIMEOUT).to_string(),
           value_parser = poolserver::load::parse_positive_duration)]
     connect_timeout: Duration,
 }

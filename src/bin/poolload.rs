@@ -17,9 +17,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use poolserver::load::{self, Expect, Live, LoadConfig, Mode, Report};
+use poolserver::load::{
+    DEFAULT_BULK_BYTES, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DURATION,
+    DEFAULT_PIPELINE, DEFAULT_SIZE, MAX_BULK_BYTES, MAX_CONNECTIONS, MAX_PIPELINE, MAX_SIZE,
+    MIN_SIZE,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -52,19 +57,19 @@ struct Args {
     addr: String,
 
     /// Concurrent connections (connect mode: concurrent connect loops)
-    #[arg(short, long, env = "POOLLOAD_CONNECTIONS", value_name = "C", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    connections: u32,
+    #[arg(short, long, env = "POOLLOAD_CONNECTIONS", value_name = "C",
+          default_value_t = DEFAULT_CONNECTIONS, value_parser = between(1, MAX_CONNECTIONS))]
+    connections: usize,
 
     /// Message size in bytes, including the trailing newline (2 to 16 MiB)
-    #[arg(short, long, env = "POOLLOAD_SIZE", value_name = "BYTES", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(2..=16 * 1024 * 1024))]
-    size: u32,
+    #[arg(short, long, env = "POOLLOAD_SIZE", value_name = "BYTES", default_value_t = DEFAULT_SIZE,
+          value_parser = between(MIN_SIZE, MAX_SIZE))]
+    size: usize,
 
     /// How long to measure, after --warmup (not used with -n, nor in bulk
     /// mode, which ends when every connection has streamed --bulk-mib)
-    #[arg(short, long, env = "POOLLOAD_DURATION", value_name = "DUR", default_value = "10s",
-          value_parser = load::parse_positive_duration)]
+    #[arg(short, long, env = "POOLLOAD_DURATION", value_name = "DUR",
+          default_value = shown(DEFAULT_DURATION), value_parser = load::parse_positive_duration)]
     duration: Duration,
 
     /// Round trips per connection (connect mode: cycles per loop); the run
@@ -74,13 +79,13 @@ struct Args {
     messages: Option<u64>,
 
     /// Messages in flight per connection (pingpong)
-    #[arg(long, env = "POOLLOAD_PIPELINE", value_name = "K", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pipeline: u32,
+    #[arg(long, env = "POOLLOAD_PIPELINE", value_name = "K", default_value_t = DEFAULT_PIPELINE,
+          value_parser = between(1, MAX_PIPELINE))]
+    pipeline: usize,
 
     /// Give up on a connect attempt after this long (counted as an error)
-    #[arg(long, env = "POOLLOAD_CONNECT_TIMEOUT", value_name = "DUR", default_value = "5s",
-          value_parser = load::parse_positive_duration)]
+    #[arg(long, env = "POOLLOAD_CONNECT_TIMEOUT", value_name = "DUR",
+          default_value = shown(DEFAULT_CONNECT_TIMEOUT), value_parser = load::parse_positive_duration)]
     connect_timeout: Duration,
 
     /// Run this long before measuring; round trips in it are not counted
@@ -94,18 +99,18 @@ struct Args {
     deadline: Option<Duration>,
 
     /// What each connection does
-    #[arg(long, env = "POOLLOAD_MODE", value_enum, default_value_t = Mode::Pingpong)]
-    mode: Mode,
+    #[arg(long, env = "POOLLOAD_MODE", value_enum, default_value_t = Mode::default().into())]
+    mode: ModeArg,
 
     /// Bulk mode: MiB streamed per connection
-    #[arg(long, env = "POOLLOAD_BULK_MIB", value_name = "M", default_value_t = 64,
-          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(long, env = "POOLLOAD_BULK_MIB", value_name = "M", default_value_t = DEFAULT_BULK_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BULK_BYTES >> 20))]
     bulk_mib: u64,
 
     /// What a correct reply is: the uppercase of the message, or the
     /// message itself (for a server run with --service echo)
-    #[arg(long, env = "POOLLOAD_EXPECT", value_enum, default_value_t = Expect::Upper)]
-    expect: Expect,
+    #[arg(long, env = "POOLLOAD_EXPECT", value_enum, default_value_t = Expect::default().into())]
+    expect: ExpectArg,
 
     /// Print exactly one JSON line on stdout (and nothing else there)
     #[arg(long, env = "POOLLOAD_JSON")]
@@ -120,21 +125,93 @@ struct Args {
     fail_on_unserved: bool,
 }
 
+/// `--mode`: the library's [`Mode`], spelled for the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Send a message, wait for its reply, repeat (with --pipeline messages
+    /// in flight). Measures round trips per second and latency
+    Pingpong,
+    /// Stream --bulk-mib per connection while reading the replies
+    /// concurrently. Measures throughput
+    Bulk,
+    /// Connect, one round trip, `quit`, close, repeat. Measures the cost of
+    /// a whole connection: accept, queue, worker hand-off, lingering close
+    Connect,
+}
+
+impl From<Mode> for ModeArg {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Pingpong => ModeArg::Pingpong,
+            Mode::Bulk => ModeArg::Bulk,
+            Mode::Connect => ModeArg::Connect,
+        }
+    }
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Pingpong => Mode::Pingpong,
+            ModeArg::Bulk => Mode::Bulk,
+            ModeArg::Connect => Mode::Connect,
+        }
+    }
+}
+
+/// `--expect`: the library's [`Expect`], spelled for the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExpectArg {
+    /// The uppercase of the message: the uppercase loop
+    Upper,
+    /// The message itself: a server run with `--service echo`
+    Echo,
+}
+
+impl From<Expect> for ExpectArg {
+    fn from(e: Expect) -> Self {
+        match e {
+            Expect::Upper => ExpectArg::Upper,
+            Expect::Echo => ExpectArg::Echo,
+        }
+    }
+}
+
+impl From<ExpectArg> for Expect {
+    fn from(e: ExpectArg) -> Self {
+        match e {
+            ExpectArg::Upper => Expect::Upper,
+            ExpectArg::Echo => Expect::Echo,
+        }
+    }
+}
+
+/// A count flag limited to `min..=max`: the library's limits, so clap
+/// refuses what [`LoadConfig::validate`] would.
+fn between(min: usize, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(min as u64..=max as u64)
+}
+
+/// A default duration as `--help` shows it and the parser reads it back.
+fn shown(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let cfg = LoadConfig {
         addr: args.addr.clone(),
-        connections: args.connections as usize,
-        size: args.size as usize,
+        connections: args.connections,
+        size: args.size,
         duration: args.duration,
         messages: args.messages,
-        pipeline: args.pipeline as usize,
+        pipeline: args.pipeline,
         connect_timeout: args.connect_timeout,
         warmup: args.warmup,
         deadline: args.deadline,
-        mode: args.mode,
+        mode: args.mode.into(),
         bulk_bytes: args.bulk_mib << 20,
-        expect: args.expect,
+        expect: args.expect.into(),
     };
 
     let live = Arc::new(Live::default());
@@ -254,12 +331,12 @@ fn progress_bar(cfg: &LoadConfig, live: &Live, finished: &AtomicBool) {
     let start = Instant::now();
     let mut announced = false;
     while !finished.load(Relaxed) {
-        if !announced && live.stopped_at().is_some() {
+        let now = live.snapshot();
+        if !announced && now.stopped {
             bar.println(STOPPING);
             announced = true;
         }
-        let rt = live.round_trips.load(Relaxed);
-        let bytes = live.bytes.load(Relaxed);
+        let (rt, bytes) = (now.round_trips, now.bytes);
         let secs = start.elapsed().as_secs_f64().max(1e-3);
         let pos = match (by_count, cfg.mode) {
             (true, Mode::Bulk) => bytes,
@@ -271,8 +348,8 @@ fn progress_bar(cfg: &LoadConfig, live: &Live, finished: &AtomicBool) {
             "{rt} rt, {:.0} rt/s, {:.1} MB/s, {} wrong, {} errors",
             rt as f64 / secs,
             bytes as f64 / secs / 1e6,
-            live.wrong.load(Relaxed),
-            live.errors.load(Relaxed)
+            now.wrong,
+            now.errors
         ));
         thread::sleep(Duration::from_millis(100));
     }

@@ -17,6 +17,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use log::{info, LevelFilter};
 use poolserver::{parse_duration, Echo, MonitorFormat, Overflow, Server, Uppercase};
+use poolserver::{
+    DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{
@@ -42,9 +46,9 @@ struct Args {
     workers: Option<u32>,
 
     /// Capacity of the bounded accept queue between acceptor and workers
-    #[arg(short, long, env = "POOLSERVER_BACKLOG", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    backlog: u32,
+    #[arg(short, long, env = "POOLSERVER_BACKLOG", default_value_t = DEFAULT_BACKLOG,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=u64::from(u32::MAX)))]
+    backlog: usize,
 
     /// The kernel's listen(2) backlog [default: same as --backlog]
     #[arg(long, env = "POOLSERVER_LISTEN_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
@@ -59,12 +63,12 @@ struct Args {
     queue_timeout: Duration,
 
     /// Close a connection that has sent nothing for this long (0 = never)
-    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "POOLSERVER_IDLE_TIMEOUT", default_value = shown(DEFAULT_IDLE_TIMEOUT), value_parser = parse_duration)]
     idle_timeout: Duration,
 
     /// Close a connection whose client has read nothing for this long while
     /// a reply waits (0 = never; shutdown still ends it)
-    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "POOLSERVER_WRITE_TIMEOUT", default_value = shown(DEFAULT_WRITE_TIMEOUT), value_parser = parse_duration)]
     write_timeout: Duration,
 
     /// While connections wait for a worker, close clients that sent fewer
@@ -73,11 +77,11 @@ struct Args {
     min_rate: u64,
 
     /// The window over which --min-rate is measured
-    #[arg(long, env = "POOLSERVER_MIN_RATE_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "POOLSERVER_MIN_RATE_WINDOW", default_value = shown(MIN_RATE_WINDOW), value_parser = parse_duration)]
     min_rate_window: Duration,
 
     /// Time between monitor reports (0 = no monitor)
-    #[arg(long, env = "POOLSERVER_MONITOR_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "POOLSERVER_MONITOR_INTERVAL", default_value = shown(DEFAULT_MONITOR_INTERVAL), value_parser = parse_duration)]
     monitor_interval: Duration,
 
     /// Monitor reports as a key=value log line, or as JSON lines on stdout
@@ -85,7 +89,7 @@ struct Args {
     monitor_format: FormatArg,
 
     /// On SIGINT/SIGTERM, how long live connections may go on before they are closed
-    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "POOLSERVER_SHUTDOWN_TIMEOUT", default_value = shown(DEFAULT_SHUTDOWN_TIMEOUT), value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
     /// Log level
@@ -100,6 +104,16 @@ struct Args {
     /// (the transform switched off, to measure the I/O ceiling)
     #[arg(long, env = "POOLSERVER_SERVICE", value_enum, default_value_t = ServiceArg::Uppercase)]
     service: ServiceArg,
+}
+
+/// `--min-rate-window`'s default. The library has none: its `min_rate`
+/// takes the rate and the window together, and is off unless given.
+const MIN_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A default duration as `--help` shows it and [`parse_duration`] reads
+/// it back (`5m`, `30s`).
+fn shown(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -162,7 +176,7 @@ fn main() -> ExitCode {
 
     let mut builder = Server::builder()
         .addr(args.addr.clone())
-        .backlog(args.backlog as usize)
+        .backlog(args.backlog)
         .overflow(match args.overflow {
             OverflowArg::Block => Overflow::Block,
             OverflowArg::Reject => Overflow::Reject,

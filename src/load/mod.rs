@@ -66,7 +66,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -101,8 +101,32 @@ pub const SLICE: Duration = Duration::from_millis(20);
 /// last replies and the closes.
 pub const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 
+// The defaults and limits of [`LoadConfig`], written once: `poolload`'s
+// flags take their defaults and ranges from here, and
+// [`LoadConfig::validate`] checks the same limits for library callers.
+
+/// Default [`LoadConfig::connections`].
+pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Most [`LoadConfig::connections`]: each is a thread (two in bulk mode).
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Default [`LoadConfig::size`].
+pub const DEFAULT_SIZE: usize = 64;
+/// Default [`LoadConfig::duration`].
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// Default [`LoadConfig::pipeline`].
+pub const DEFAULT_PIPELINE: usize = 1;
+/// Most [`LoadConfig::pipeline`]: the send times in flight are kept per
+/// connection.
+pub const MAX_PIPELINE: usize = 4096;
+/// Default [`LoadConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`LoadConfig::bulk_bytes`]: 64 MiB.
+pub const DEFAULT_BULK_BYTES: u64 = 64 << 20;
+/// Most [`LoadConfig::bulk_bytes`]: 1 TiB, far beyond any sensible run.
+pub const MAX_BULK_BYTES: u64 = 1 << 40;
+
 /// What the load generator does on each connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Send a message, wait for its reply, repeat (with `pipeline` messages
@@ -128,7 +152,7 @@ impl fmt::Display for Mode {
 }
 
 /// What a correct reply is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
     /// The uppercase of the message: the uppercase loop.
@@ -186,17 +210,17 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             addr: crate::DEFAULT_ADDR.to_string(),
-            connections: 8,
-            size: 64,
-            duration: Duration::from_secs(10),
+            connections: DEFAULT_CONNECTIONS,
+            size: DEFAULT_SIZE,
+            duration: DEFAULT_DURATION,
             messages: None,
-            pipeline: 1,
-            connect_timeout: Duration::from_secs(5),
+            pipeline: DEFAULT_PIPELINE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             warmup: Duration::ZERO,
             deadline: None,
-            mode: Mode::Pingpong,
-            bulk_bytes: 64 << 20,
-            expect: Expect::Upper,
+            mode: Mode::default(),
+            bulk_bytes: DEFAULT_BULK_BYTES,
+            expect: Expect::default(),
         }
     }
 }
@@ -217,14 +241,19 @@ impl LoadConfig {
     /// [`LoadError::Config`] naming the setting and its limit.
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: &str| Err(LoadError::Config(m.to_string()));
-        if self.connections == 0 {
-            return bad("connections must be at least 1");
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return bad(&format!(
+                "connections must be between 1 and {MAX_CONNECTIONS}"
+            ));
         }
         if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
-            return bad("size must be between 2 bytes and 16 MiB");
+            return bad(&format!(
+                "size must be between {MIN_SIZE} bytes and {} MiB",
+                MAX_SIZE >> 20
+            ));
         }
-        if self.pipeline == 0 {
-            return bad("pipeline must be at least 1");
+        if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
+            return bad(&format!("pipeline must be between 1 and {MAX_PIPELINE}"));
         }
         if self.messages == Some(0) {
             return bad("messages must be at least 1");
@@ -232,8 +261,11 @@ impl LoadConfig {
         if self.duration.is_zero() && self.messages.is_none() && self.mode != Mode::Bulk {
             return bad("duration must be more than 0 (or give a message count)");
         }
-        if self.mode == Mode::Bulk && self.bulk_bytes == 0 {
-            return bad("bulk size must be more than 0");
+        if self.mode == Mode::Bulk && !(1..=MAX_BULK_BYTES).contains(&self.bulk_bytes) {
+            return bad(&format!(
+                "bulk size must be more than 0 and at most {} MiB",
+                MAX_BULK_BYTES >> 20
+            ));
         }
         if self.connect_timeout.is_zero() || self.effective_deadline().is_zero() {
             return bad("connect timeout and deadline must be more than 0");
@@ -306,6 +338,33 @@ impl Live {
     pub fn stopped_at(&self) -> Option<Instant> {
         self.stopped_at.get().copied()
     }
+
+    /// The counters as they are now, for a progress display (poolload's
+    /// bar draws these; the library draws nothing).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            round_trips: self.round_trips.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            wrong: self.wrong.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            stopped: self.stopped_at().is_some(),
+        }
+    }
+}
+
+/// The [`Live`] counters at one moment ([`Live::snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Round trips counted so far (connect mode: cycles; bulk: messages).
+    pub round_trips: u64,
+    /// Reply bytes checked so far.
+    pub bytes: u64,
+    /// Wrong replies so far.
+    pub wrong: u64,
+    /// Errors so far.
+    pub errors: u64,
+    /// The run has been asked to stop early.
+    pub stopped: bool,
 }
 
 pub use crate::config::parse_duration;
