@@ -98,10 +98,7 @@ pub struct ServerBuilder {
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Default accept-queue capacity.
 pub const DEFAULT_BACKLOG: usize = 1024;
-/// Default idle timeout.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// Default write timeout.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::connection::{DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
 /// Default time between monitor reports.
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 /// Default grace period for live connections at shutdown.

@@ -3,14 +3,22 @@
 //! never reads. (Closing is the closer's: `closer.rs`.)
 //!
 //! A [`Service`](crate::Service) only ever sees a [`Connection`], so every
-//! protocol served by the pool gets these guarantees for free.
+//! protocol served by the pool gets these guarantees for free. The
+//! defaults of the two per-connection timeouts live here, with the code
+//! that enforces them.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use crate::shutdown::{Shutdown, POLL_SLICE};
 use crate::stats::WorkerIo;
+
+/// Default idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default write timeout.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why [`Connection::read`] reported the end of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +37,58 @@ pub enum End {
 /// The client connection handed to a [`Service`](crate::Service).
 ///
 /// `read` and `write_all` behave like their `std::io` namesakes with the
-/// server's timeouts built in. A read returns `Ok(0)` when the stream is
-/// over for any reason (see [`Connection::end`]); a service answers what it
-/// still holds and returns. The pool closes the socket afterwards with a
-/// lingering close.
+/// server's timeouts built in, and `Connection` implements [`Read`] and
+/// [`Write`] with the same behaviour, so [`BufReader`](std::io::BufReader),
+/// `lines()` and `write!` work on it. A read returns `Ok(0)` when the
+/// stream is over for any reason (see [`Connection::end`]); a service
+/// answers what it still holds and returns. The pool closes the socket
+/// afterwards with a lingering close.
+///
+/// # Examples
+///
+/// A line-based service, unit-tested without a server: both ends of a
+/// loopback connection, and [`Connection::standalone`] on the server's end.
+///
+/// ```
+/// use std::io::{self, BufRead, BufReader, Read, Write};
+/// use std::net::{Shutdown, TcpListener, TcpStream};
+/// use poolserver::{Buffers, Connection, End, Service};
+///
+/// /// Greets every line.
+/// #[derive(Debug)]
+/// struct Greet;
+///
+/// impl Service for Greet {
+///     fn serve(&self, conn: &mut Connection<'_>, _bufs: &mut Buffers) -> io::Result<()> {
+///         let mut reader = BufReader::new(conn);
+///         let mut line = String::new();
+///         while reader.read_line(&mut line)? > 0 {
+///             writeln!(reader.get_mut(), "hello, {}", line.trim_end())?;
+///             line.clear();
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> io::Result<()> {
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = TcpStream::connect(listener.local_addr()?)?;
+/// let (server_end, _) = listener.accept()?;
+/// client.write_all(b"ann\nbob\n")?;
+/// client.shutdown(Shutdown::Write)?;
+///
+/// let mut conn = Connection::standalone(&server_end)?;
+/// Greet.serve(&mut conn, &mut Buffers::new(1024))?;
+/// assert_eq!(conn.end(), Some(End::Eof));
+/// assert!(!conn.shutting_down());
+/// drop(conn);
+/// drop(server_end);
+///
+/// let mut reply = String::new();
+/// client.read_to_string(&mut reply)?;
+/// assert_eq!(reply, "hello, ann\nhello, bob\n");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Connection<'a> {
     stream: &'a TcpStream,
@@ -72,7 +128,48 @@ pub(crate) trait Pressure: std::fmt::Debug {
     fn others_waiting(&self) -> bool;
 }
 
+/// What a standalone connection has around it instead of a server: the
+/// default timeouts, a shutdown that never begins, counters nobody reads,
+/// and nobody waiting.
+static STANDALONE_LIMITS: Limits = Limits {
+    idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+    write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+    min_rate: None,
+};
+static STANDALONE_SHUTDOWN: LazyLock<Shutdown> = LazyLock::new(Shutdown::new);
+static STANDALONE_IO: WorkerIo = WorkerIo::new();
+
+#[derive(Debug)]
+struct NobodyWaits;
+
+impl Pressure for NobodyWaits {
+    fn others_waiting(&self) -> bool {
+        false
+    }
+}
+
 impl<'a> Connection<'a> {
+    /// A connection over `stream` with no server around it, for testing a
+    /// [`Service`](crate::Service) (see the example above): the default
+    /// idle and write timeouts, no minimum data rate, and a shutdown that
+    /// never begins. Like the pool, it switches the stream to `TCP_NODELAY`
+    /// and sets its read and write timeouts.
+    ///
+    /// # Errors
+    ///
+    /// When the socket options cannot be set or the peer's address read.
+    pub fn standalone(stream: &'a TcpStream) -> io::Result<Self> {
+        let peer = stream.peer_addr()?;
+        Connection::new(
+            stream,
+            peer,
+            &STANDALONE_IO,
+            &STANDALONE_SHUTDOWN,
+            &STANDALONE_LIMITS,
+            &NobodyWaits,
+        )
+    }
+
     pub(crate) fn new(
         stream: &'a TcpStream,
         peer: SocketAddr,
@@ -111,6 +208,15 @@ impl<'a> Connection<'a> {
     /// Why the stream ended, once a read has returned `Ok(0)`.
     pub fn end(&self) -> Option<End> {
         self.end
+    }
+
+    /// True once the server has begun to shut down. Reads go on working
+    /// until the shutdown deadline (then they return `Ok(0)` with
+    /// [`End::Shutdown`]); a service with a natural stopping point — the
+    /// end of a request — can use this to stop there instead of waiting
+    /// for the next one.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.has_begun()
     }
 
     /// Reads what the client sent into `buf`, waiting as long as the idle
@@ -190,14 +296,24 @@ impl<'a> Connection<'a> {
     /// `TimedOut` for a client that does not read; socket errors such as a
     /// broken pipe.
     pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        let mut stalled_since: Option<Instant> = None;
         while !buf.is_empty() {
+            match self.write_some(buf)? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => buf = &buf[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// One write that makes progress, waiting (in slices) while the client
+    /// does not read, up to the write timeout or the shutdown deadline.
+    fn write_some(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut stalled_since: Option<Instant> = None;
+        loop {
             match self.stream.write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.io.wrote(n);
-                    buf = &buf[n..];
-                    stalled_since = None;
+                    return Ok(n);
                 }
                 Err(e) if is_timeout(&e) => {
                     let since = *stalled_since.get_or_insert_with(|| Instant::now() - POLL_SLICE);
@@ -220,6 +336,28 @@ impl<'a> Connection<'a> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The same reads as [`Connection::read`].
+impl Read for Connection<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Connection::read(self, buf)
+    }
+}
+
+/// Writes with the write timeout of [`Connection::write_all`]. Nothing is
+/// buffered, so `flush` has nothing to do.
+impl Write for Connection<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_some(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Connection::write_all(self, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -245,9 +383,9 @@ pub(crate) fn is_write_stall(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<WriteStalled>())
 }
 
-/// A socket timeout surfaces as `WouldBlock` on Unix and `TimedOut` on
-/// Windows.
-fn is_timeout(e: &io::Error) -> bool {
+/// True when a socket read or write timed out: a timeout surfaces as
+/// `WouldBlock` on Unix and `TimedOut` on Windows.
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut

@@ -201,6 +201,13 @@ pub(crate) struct WorkerIo {
 }
 
 impl WorkerIo {
+    pub(crate) const fn new() -> Self {
+        WorkerIo {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
     /// Counts `n` bytes read from a client.
     pub(crate) fn read(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Relaxed);

@@ -1,10 +1,12 @@
 //! Graceful shutdown through the library API (contract §4): the drain, the
 //! deadline, what happens to served and queued connections, and `Drop`.
 
-use std::io::{ErrorKind, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use poolserver::{Buffers, Connection, Service};
 
 use crate::support::{self, connect, read_n, read_to_close, round_trip, served_client, wait_until};
 
@@ -165,4 +167,50 @@ fn shutdown_of_an_idle_server_is_immediate() {
     let stats = server.shutdown(Duration::from_secs(60));
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!((stats.accepted, stats.live, stats.busy), (0, 0, 0));
+}
+
+/// Answers each line with whether shutdown has begun, and stops after the
+/// first request answered during shutdown: a service with a natural
+/// stopping point, written with `BufReader` and `write!` on the connection.
+#[derive(Debug)]
+struct StopsBetweenRequests;
+
+impl Service for StopsBetweenRequests {
+    fn serve(&self, conn: &mut Connection<'_>, _bufs: &mut Buffers) -> io::Result<()> {
+        let mut reader = BufReader::new(conn);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            let conn = reader.get_mut();
+            if conn.shutting_down() {
+                return write!(conn, "bye after {}", line);
+            }
+            write!(conn, "serving {}", line)?;
+            line.clear();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_service_sees_shutdown_begin_and_stops_between_requests() {
+    let server = support::builder()
+        .workers(1)
+        .service(StopsBetweenRequests)
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let mut c = connect(addr);
+    round_trip(&mut c, b"one\n", b"serving one\n");
+
+    let stopper = thread::spawn(move || server.shutdown(Duration::from_secs(60)));
+    wait_until("the listener is closed", || {
+        TcpStream::connect(addr).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    });
+    c.write_all(b"two\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"bye after two\n");
+
+    // Long before the 60 s grace: the service ended the conversation. (A
+    // probe of the wait above may have been accepted too, and closed.)
+    let stats = stopper.join().unwrap();
+    assert_eq!((stats.closed, stats.live), (stats.accepted, 0), "{stats:?}");
 }
