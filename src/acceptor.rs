@@ -25,7 +25,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Select, Sender, TrySendError};
 use log::{debug, error, warn};
@@ -36,6 +36,7 @@ use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
 use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
 use crate::queue::Job;
+use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, LiveGuard};
 
@@ -365,53 +366,9 @@ fn suppressed(n: u64) -> String {
     }
 }
 
-/// Lets a message through at most once per interval, counting the rest.
-#[derive(Debug)]
-pub(crate) struct RateLimit {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    pub(crate) fn new(interval: Duration) -> Self {
-        RateLimit {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)` if a message may go out now (`n` were held back since the
-    /// last one), `None` if it must be held back.
-    pub(crate) fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_lets_one_through_per_interval() {
-        let mut r = RateLimit::new(Duration::from_secs(3600));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        r.last = Some(Instant::now() - Duration::from_secs(3601));
-        assert_eq!(r.allow(), Some(2));
-    }
 
     #[test]
     fn per_connection_errors_are_recognised() {

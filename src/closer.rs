@@ -25,7 +25,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -90,23 +89,20 @@ impl std::fmt::Debug for Lingering {
 }
 
 impl Closer {
-    /// Starts the closer thread. It holds `done` (never sending on it)
-    /// until it exits, so the monitor's final report waits for the last
-    /// lingering close.
-    pub(crate) fn spawn(done: Sender<()>) -> io::Result<(Closer, JoinHandle<()>)> {
+    /// The handle, and the loop to run on the closer thread. The thread
+    /// should hold the server's `done` until the loop returns, so the
+    /// monitor's final report waits for the last lingering close.
+    pub(crate) fn new() -> io::Result<(Closer, CloserLoop)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let thread_waker = Arc::clone(&waker);
         let (tx, rx) = crossbeam_channel::unbounded();
         let count = Arc::new(AtomicUsize::new(0));
-        let thread_count = Arc::clone(&count);
-        let thread = thread::Builder::new()
-            .name("poolserver-closer".into())
-            .spawn(move || {
-                let _done = done;
-                let _waker = thread_waker;
-                run(poll, rx, &thread_count);
-            })?;
+        let closer_loop = CloserLoop {
+            poll,
+            rx,
+            count: Arc::clone(&count),
+            _waker: Arc::clone(&waker),
+        };
         let closer = Closer {
             inner: Arc::new(Handle {
                 tx: Some(tx),
@@ -114,7 +110,7 @@ impl Closer {
                 count,
             }),
         };
-        Ok((closer, thread))
+        Ok((closer, closer_loop))
     }
 
     /// Closes a connection without destroying replies in flight: our FIN
@@ -177,6 +173,32 @@ fn drain_now(stream: &TcpStream) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
+    }
+}
+
+/// The closer thread's work: everything it needs, moved onto the thread.
+pub(crate) struct CloserLoop {
+    poll: Poll,
+    rx: Receiver<Lingering>,
+    /// Sockets handed over and not yet closed (shared with the handles).
+    count: Arc<AtomicUsize>,
+    /// Kept open until the loop returns: closing the eventfd right after
+    /// the final wake-up would make epoll drop that wake-up.
+    _waker: Arc<Waker>,
+}
+
+impl CloserLoop {
+    /// Lingers over what the handles send until every handle is dropped
+    /// and nothing lingers any more.
+    pub(crate) fn run(self) {
+        let CloserLoop {
+            poll,
+            rx,
+            count,
+            _waker: waker,
+        } = self;
+        run(poll, rx, &count);
+        drop(waker);
     }
 }
 

@@ -1,9 +1,11 @@
 //! [`ServerBuilder`]: every knob of the server, each with its documented
 //! default, validated when the server starts.
 //!
-//! One setter per command-line flag of `poolserver` (contract §1), plus a
-//! few that only embedders need (a pre-bound listener, a custom service, a
-//! monitor sink, buffer and stack sizes).
+//! One setter per command-line flag of `poolserver` (README, The server),
+//! plus a few that only embedders need (a pre-bound listener, a custom
+//! service, a monitor sink, buffer and stack sizes), and
+//! [`start`](ServerBuilder::start), which hands the settings to
+//! `server.rs`.
 
 use std::fmt;
 use std::io::Write;
@@ -11,6 +13,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::{Limits, MinRate};
+use crate::error::Error;
+use crate::server::Server;
 use crate::service::{EventService, Service, ServiceKind, Uppercase};
 
 /// What the acceptor does when the accept queue is full.
@@ -80,11 +85,13 @@ pub struct ServerBuilder {
     pub(crate) backlog: usize,
     pub(crate) listen_backlog: Option<usize>,
     pub(crate) overflow: Overflow,
-    pub(crate) queue_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) write_timeout: Duration,
-    pub(crate) min_rate: Option<(u64, Duration)>,
-    pub(crate) monitor_interval: Duration,
+    // Settings that can be off are `None` when off: the setters turn the
+    // command line's zero into `None`, here and nowhere else.
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) min_rate: Option<MinRate>,
+    pub(crate) monitor_interval: Option<Duration>,
     pub(crate) monitor_format: MonitorFormat,
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
@@ -148,11 +155,11 @@ impl Default for ServerBuilder {
             backlog: DEFAULT_BACKLOG,
             listen_backlog: None,
             overflow: Overflow::Block,
-            queue_timeout: Duration::ZERO,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            queue_timeout: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             min_rate: None,
-            monitor_interval: DEFAULT_MONITOR_INTERVAL,
+            monitor_interval: Some(DEFAULT_MONITOR_INTERVAL),
             monitor_format: MonitorFormat::Text,
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -249,14 +256,14 @@ impl ServerBuilder {
     /// answered `BUSY` and closed when a worker reaches it, instead of being
     /// served late. Defaults to zero: wait as long as it takes.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
-        self.queue_timeout = timeout;
+        self.queue_timeout = off_if_zero(timeout);
         self
     }
 
     /// Close a connection whose client has sent nothing for this long,
     /// freeing its worker. Defaults to 5 minutes; zero means never.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        self.idle_timeout = off_if_zero(timeout);
         self
     }
 
@@ -264,7 +271,7 @@ impl ServerBuilder {
     /// long while a reply waits to be sent. Defaults to 30 seconds; zero
     /// means never (the shutdown deadline still ends such a write).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
+        self.write_timeout = off_if_zero(timeout);
         self
     }
 
@@ -274,14 +281,14 @@ impl ServerBuilder {
     /// a worker forever). `bytes == 0` or a zero window turns it off.
     /// Defaults to off.
     pub fn min_rate(mut self, bytes: u64, window: Duration) -> Self {
-        self.min_rate = (bytes > 0 && !window.is_zero()).then_some((bytes, window));
+        self.min_rate = (bytes > 0 && !window.is_zero()).then_some(MinRate { bytes, window });
         self
     }
 
     /// Time between monitor reports; zero turns the monitor off. Defaults
     /// to 5 seconds.
     pub fn monitor_interval(mut self, interval: Duration) -> Self {
-        self.monitor_interval = interval;
+        self.monitor_interval = off_if_zero(interval);
         self
     }
 
@@ -335,8 +342,31 @@ impl ServerBuilder {
         self
     }
 
+    /// Binds the listener, starts the acceptor, the workers and the
+    /// monitor, and returns once all of them are running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting, [`Error::Bind`] when the
+    /// address cannot be resolved or bound (in use, not local, no
+    /// permission), [`Error::Spawn`] when a thread cannot be started.
+    /// Nothing is left running after an error.
+    pub fn start(self) -> Result<Server, Error> {
+        self.validate().map_err(Error::Config)?;
+        Server::start(self)
+    }
+
+    /// The per-connection limits every worker applies.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            min_rate: self.min_rate,
+        }
+    }
+
     /// Checks the settings that have limits.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
         }
@@ -351,4 +381,9 @@ impl ServerBuilder {
         }
         Ok(())
     }
+}
+
+/// The command line's convention: a zero duration turns the setting off.
+fn off_if_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }

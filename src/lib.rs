@@ -74,6 +74,7 @@ mod monitor;
 mod pool;
 pub mod protocol;
 mod queue;
+mod ratelimit;
 mod server;
 mod service;
 mod shutdown;

@@ -14,10 +14,9 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
+use crossbeam_channel::{select, tick, Receiver};
 use hdrhistogram::Histogram;
 use log::info;
 use serde::ser::{Serialize, SerializeMap};
@@ -126,17 +125,8 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    pub(crate) fn spawn(self, ready: Sender<()>) -> io::Result<JoinHandle<()>> {
-        thread::Builder::new()
-            .name("poolserver-monitor".into())
-            .spawn(move || {
-                let _ = ready.send(());
-                drop(ready);
-                self.run();
-            })
-    }
-
-    fn run(mut self) {
+    /// Reports every interval until `done` disconnects, then once more.
+    pub(crate) fn run(mut self) {
         let ticker = tick(self.interval);
         let mut prev = Previous {
             at: Instant::now(),

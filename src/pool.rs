@@ -13,10 +13,10 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
 
 use crate::closer::Closer;
@@ -50,27 +50,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts worker `id`. It reports on `ready` once running, and holds
-    /// `done` (never sending on it) until it exits, so that whoever waits on
-    /// `done`'s receiver learns when the whole pool has stopped.
-    pub(crate) fn spawn(
-        id: usize,
-        ctx: Arc<PoolContext>,
-        queue: Receiver<Job>,
-        stack_size: usize,
-        ready: Sender<()>,
-        done: Sender<()>,
-    ) -> io::Result<Worker> {
-        let thread = thread::Builder::new()
-            .name(format!("poolserver-worker-{id}"))
-            .stack_size(stack_size)
-            .spawn(move || {
-                let _done = done;
-                let _ = ready.send(());
-                drop(ready);
-                ctx.run(id, &queue);
-            })?;
-        Ok(Worker { id, thread })
+    /// Worker `id`, running on `thread`.
+    pub(crate) fn new(id: usize, thread: JoinHandle<()>) -> Worker {
+        Worker { id, thread }
     }
 
     /// Waits for the worker to finish its last connection and exit.
@@ -87,8 +69,9 @@ impl Worker {
 }
 
 impl PoolContext {
-    /// The worker loop.
-    fn run(&self, id: usize, queue: &Receiver<Job>) {
+    /// The worker loop of worker `id`: serve connections from `queue`
+    /// until it is closed and empty.
+    pub(crate) fn run(&self, id: usize, queue: &Receiver<Job>) {
         let mut bufs = Buffers::new(self.read_buffer_size);
         for job in queue.iter() {
             self.handle(id, job, &mut bufs, queue);

@@ -376,7 +376,8 @@ enum Utf8 {
 }
 
 /// Decodes the sequence starting at `b[0]` (which is `>= 0x80`) by the
-/// table of well-formed byte sequences in the Unicode standard (§3.9).
+/// table of well-formed byte sequences in the Unicode standard (chapter 3,
+/// "UTF-8", Table 3-7).
 fn decode(b: &[u8]) -> Utf8 {
     let (len, second) = match b[0] {
         0xC2..=0xDF => (2, 0x80..=0xBF),

@@ -1,5 +1,6 @@
-//! [`Server`], the running server: how it starts (bind, spawn, wait until
-//! every thread runs) and how it stops (the procedure of contract §4).
+//! [`Server`], the running server: how it starts (bind, spawn every thread
+//! the same way, wait until each runs) and how it stops (the procedure of
+//! README, Shutdown).
 //!
 //! ```text
 //!   listener ──▶ acceptor ──▶ [ accept queue: bounded, --backlog ] ──▶ worker 0..N
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,7 +24,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::acceptor::Acceptor;
 use crate::closer::Closer;
 use crate::config::ServerBuilder;
-use crate::connection::{Limits, MinRate};
 use crate::error::Error;
 use crate::monitor::Monitor;
 use crate::pool::{PoolContext, Worker};
@@ -97,7 +98,7 @@ impl Server {
         self.counters.snapshot(self.queue.get())
     }
 
-    /// Stops the server and waits until it has stopped (contract §4):
+    /// Stops the server and waits until it has stopped (README, Shutdown):
     ///
     /// 1. The listener closes at once; new connections are refused.
     ///    Connections that had finished their handshake but were still in
@@ -162,38 +163,29 @@ impl Drop for Server {
     }
 }
 
-impl ServerBuilder {
-    /// Binds the listener, starts the acceptor, the workers and the
-    /// monitor, and returns once all of them are running.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an invalid setting, [`Error::Bind`] when the
-    /// address cannot be resolved or bound (in use, not local, no
-    /// permission), [`Error::Spawn`] when a thread cannot be started.
-    /// Nothing is left running after an error.
-    pub fn start(self) -> Result<Server, Error> {
-        self.validate().map_err(Error::Config)?;
-        let listen_backlog = self.listen_backlog.unwrap_or(self.backlog);
-        let listener = match self.listener {
+impl Server {
+    /// Starts a server with validated settings: binds, spawns the closer,
+    /// the workers, the monitor and the acceptor (in that order, so that
+    /// nothing is accepted before there is someone to serve it), and waits
+    /// until every thread runs. Called by [`ServerBuilder::start`].
+    pub(crate) fn start(b: ServerBuilder) -> Result<Server, Error> {
+        let listen_backlog = b.listen_backlog.unwrap_or(b.backlog);
+        let listener = match b.listener {
             Some(ref l) => l.try_clone().map_err(|source| Error::Bind {
                 addr: "the given listener".into(),
                 source,
             })?,
-            None => bind(&self.addr, listen_backlog)?,
+            None => bind(&b.addr, listen_backlog)?,
         };
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: self.addr.clone(),
+            addr: b.addr.clone(),
             source,
         })?;
 
-        let counters = Arc::new(Counters::new(self.workers, self.backlog));
+        let counters = Arc::new(Counters::new(b.workers, b.backlog));
         let shutdown = Arc::new(Shutdown::new());
-        let (queue_tx, queue_rx) = queue::bounded(self.backlog);
-        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        // The acceptor, every worker and the closer hold a clone of `done_tx`; the
-        // monitor's receive fails once all of them have exited.
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let (queue_tx, queue_rx) = queue::bounded(b.backlog);
+        let (mut threads, ready, done) = Threads::new();
 
         // From here on a failure must stop what already started: a server
         // value owns the threads, so dropping it (on error) begins shutdown.
@@ -204,99 +196,148 @@ impl ServerBuilder {
             queue: QueueLen::of(&queue_rx),
             acceptor_waker: None,
             acceptor: None,
-            workers: Vec::with_capacity(self.workers),
+            workers: Vec::with_capacity(b.workers),
             closer: None,
             monitor: None,
-            default_grace: self.shutdown_timeout,
+            default_grace: b.shutdown_timeout,
         };
 
-        let (closer, closer_thread) = Closer::spawn(done_tx.clone()).map_err(Error::Spawn)?;
-        server.closer = Some(closer_thread);
+        let (closer, closer_loop) = Closer::new().map_err(Error::Spawn)?;
+        server.closer = Some(threads.spawn(
+            "poolserver-closer".into(),
+            None,
+            Holds::Done,
+            move || closer_loop.run(),
+        )?);
 
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let ctx = Arc::new(PoolContext {
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
-            service: self.service,
-            limits: Limits {
-                idle_timeout: nonzero(self.idle_timeout),
-                write_timeout: nonzero(self.write_timeout),
-                min_rate: self
-                    .min_rate
-                    .map(|(bytes, window)| MinRate { bytes, window }),
-            },
-            queue_timeout: nonzero(self.queue_timeout),
-            read_buffer_size: self.read_buffer_size,
+            limits: b.limits(),
+            service: b.service,
+            queue_timeout: b.queue_timeout,
+            read_buffer_size: b.read_buffer_size,
             closer: closer.clone(),
         });
-        let mut started = 0;
-        for id in 0..self.workers {
-            let worker = Worker::spawn(
-                id,
-                Arc::clone(&ctx),
-                queue_rx.clone(),
-                self.worker_stack_size,
-                ready_tx.clone(),
-                done_tx.clone(),
-            )
-            .map_err(Error::Spawn)?;
-            server.workers.push(worker);
-            started += 1;
+        for id in 0..b.workers {
+            let (ctx, queue) = (Arc::clone(&ctx), queue_rx.clone());
+            let thread = threads.spawn(
+                format!("poolserver-worker-{id}"),
+                Some(b.worker_stack_size),
+                Holds::Done,
+                move || ctx.run(id, &queue),
+            )?;
+            server.workers.push(Worker::new(id, thread));
         }
 
-        if !self.monitor_interval.is_zero() {
+        if let Some(interval) = b.monitor_interval {
             let monitor = Monitor {
-                interval: self.monitor_interval,
-                format: self.monitor_format,
-                output: self.monitor_output,
+                interval,
+                format: b.monitor_format,
+                output: b.monitor_output,
                 counters: Arc::clone(&counters),
                 queue: QueueLen::of(&queue_rx),
-                done: done_rx,
+                done,
             };
-            server.monitor = Some(monitor.spawn(ready_tx.clone()).map_err(Error::Spawn)?);
-            started += 1;
+            server.monitor = Some(threads.spawn(
+                "poolserver-monitor".into(),
+                None,
+                Holds::Nothing,
+                move || monitor.run(),
+            )?);
         }
 
-        let (acceptor, acceptor_waker) = Acceptor::new(
-            listener,
-            queue_tx,
-            self.overflow,
-            counters,
-            shutdown,
-            closer,
-        )
-        .map_err(Error::Spawn)?;
-        server.acceptor_waker = Some(acceptor_waker);
-        let acceptor_ready = ready_tx.clone();
-        let acceptor_done = done_tx;
-        server.acceptor = Some(
-            thread::Builder::new()
-                .name("poolserver-acceptor".into())
-                .spawn(move || {
-                    let _done = acceptor_done;
-                    let _ = acceptor_ready.send(());
-                    drop(acceptor_ready);
-                    acceptor.run();
-                })
-                .map_err(Error::Spawn)?,
-        );
-        started += 1;
-        drop(ready_tx);
-        for _ in 0..started {
-            if ready_rx.recv().is_err() {
-                break;
-            }
-        }
+        let (acceptor, waker) =
+            Acceptor::new(listener, queue_tx, b.overflow, counters, shutdown, closer)
+                .map_err(Error::Spawn)?;
+        server.acceptor_waker = Some(waker);
+        server.acceptor = Some(threads.spawn(
+            "poolserver-acceptor".into(),
+            None,
+            Holds::Done,
+            move || acceptor.run(),
+        )?);
 
+        threads.wait_until_running(&ready);
         // Its own target, so a binary can show this line even when it logs
         // only warnings: it is how a user learns the real port.
         info!(
             target: STARTUP_TARGET,
             "listening on {local_addr} with {} workers, accept queue capacity {} \
              (listen backlog {listen_backlog}, overflow {})",
-            self.workers, self.backlog, self.overflow
+            b.workers, b.backlog, b.overflow
         );
         Ok(server)
+    }
+}
+
+/// Whether a thread holds a clone of the `done` sender while it runs.
+enum Holds {
+    /// The acceptor, every worker and the closer: the monitor's receive on
+    /// `done` fails once all of them have exited, which is when it writes
+    /// the final report.
+    Done,
+    /// The monitor itself.
+    Nothing,
+}
+
+/// Spawns the server's threads, every one the same way: named, reporting
+/// on `ready` once it runs, holding `done` (never sending on it) until it
+/// returns if asked to.
+struct Threads {
+    ready: Sender<()>,
+    done: Sender<()>,
+    started: usize,
+}
+
+impl Threads {
+    /// The spawner, the receiver of `ready` and the receiver of `done`.
+    fn new() -> (Threads, Receiver<()>, Receiver<()>) {
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(0);
+        let threads = Threads {
+            ready: ready_tx,
+            done: done_tx,
+            started: 0,
+        };
+        (threads, ready_rx, done_rx)
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        stack_size: Option<usize>,
+        holds: Holds,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<JoinHandle<()>, Error> {
+        let ready = self.ready.clone();
+        let done = matches!(holds, Holds::Done).then(|| self.done.clone());
+        let mut builder = thread::Builder::new().name(name);
+        if let Some(bytes) = stack_size {
+            builder = builder.stack_size(bytes);
+        }
+        let thread = builder
+            .spawn(move || {
+                let _done = done;
+                let _ = ready.send(());
+                drop(ready);
+                body();
+            })
+            .map_err(Error::Spawn)?;
+        self.started += 1;
+        Ok(thread)
+    }
+
+    /// Waits until every thread spawned has reported that it runs. Drops
+    /// the spawner's own `done`, so that only the threads hold it.
+    fn wait_until_running(self, ready: &Receiver<()>) {
+        let started = self.started;
+        drop(self);
+        for _ in 0..started {
+            if ready.recv().is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -24,6 +24,8 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::ratelimit::RateLimit;
+
 /// The one list of the server's plain counters and gauges.
 ///
 /// Each entry is `doc, name: Kind => method;`. One entry gives a field of
@@ -262,13 +264,12 @@ pub(crate) struct Counters {
 /// one says how many were not.
 const SATURATION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SaturationLog {
     /// Start of the current episode, if its start was logged.
     logged_since: Option<Instant>,
-    last_logged: Option<Instant>,
-    /// Episodes since then that were not logged.
-    unlogged: u64,
+    /// Which episode starts are logged.
+    limit: RateLimit,
 }
 
 impl Counters {
@@ -288,7 +289,10 @@ impl Counters {
             io: (0..workers).map(|_| CachePadded::default()).collect(),
             queue_wait: Mutex::new(new_wait_histogram()),
             saturated: AtomicBool::new(false),
-            saturation_log: Mutex::new(SaturationLog::default()),
+            saturation_log: Mutex::new(SaturationLog {
+                logged_since: None,
+                limit: RateLimit::new(SATURATION_LOG_INTERVAL),
+            }),
         }
     }
 
@@ -322,18 +326,9 @@ impl Counters {
             return None;
         }
         let mut log = self.saturation_log.lock();
-        let now = Instant::now();
-        if log
-            .last_logged
-            .is_some_and(|t| now.duration_since(t) < SATURATION_LOG_INTERVAL)
-        {
-            log.unlogged += 1;
-            log.logged_since = None;
-            return None;
-        }
-        log.last_logged = Some(now);
-        log.logged_since = Some(now);
-        Some(std::mem::take(&mut log.unlogged))
+        let unlogged = log.limit.allow();
+        log.logged_since = unlogged.map(|_| Instant::now());
+        unlogged
     }
 
     /// Ends a saturation episode if one is on; returns how long it lasted
@@ -526,7 +521,7 @@ mod tests {
             assert_eq!(c.begin_saturation(), None);
             assert_eq!(c.end_saturation(), None);
         }
-        c.saturation_log.lock().last_logged = Some(Instant::now() - SATURATION_LOG_INTERVAL);
+        c.saturation_log.lock().limit.expire();
         assert_eq!(c.begin_saturation(), Some(3));
     }
 
