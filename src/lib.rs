@@ -20,16 +20,19 @@
 //!
 //! | what | module |
 //! |---|---|
-//! | settings and defaults | [`ServerBuilder`] (`config.rs`) |
-//! | start and stop | [`Server`] (`server.rs`) |
-//! | the accept loop and the queue | `acceptor.rs` |
+//! | settings, defaults, [`start`](ServerBuilder::start) | [`ServerBuilder`] (`config.rs`) |
+//! | starting the threads, stopping | [`Server`] (`server.rs`) |
+//! | the accept loop | `acceptor.rs` |
+//! | the accept queue: `Job`, its turn-away, its length | `queue.rs` |
 //! | the worker loop | `pool.rs` |
-//! | timeouts, `BUSY` | [`Connection`] (`connection.rs`) |
-//! | the lingering close | `closer.rs` |
-//! | the uppercase bytes rules | [`protocol`] |
-//! | what a worker runs | [`Service`], [`Uppercase`] (`service.rs`) |
-//! | the counters | [`Stats`] (`stats.rs`) |
+//! | a connection's reads, writes and timeouts | [`Connection`] (`connection.rs`) |
+//! | the lingering close, the `BUSY` turn-away | `closer.rs` |
+//! | the uppercase byte rules, the `BUSY` lines | [`protocol`] |
+//! | what a worker runs | [`EventService`], [`Service`], [`Uppercase`], [`Echo`] (`service.rs`) |
+//! | the counters (one list) and their guards | [`Stats`] (`stats.rs`) |
 //! | the periodic report | `monitor.rs` |
+//! | the shutdown signal | `shutdown.rs` |
+//! | one log line per interval | `ratelimit.rs` |
 //! | the `poolclient` conversation | [`client`] |
 //! | the `poolload` drivers, reply check and report | [`load`] |
 //!

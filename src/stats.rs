@@ -3,13 +3,16 @@
 //!
 //! Two rules keep the numbers honest:
 //!
-//! * Gauges (`busy`, `live`) change only through RAII guards
-//!   ([`BusyGuard`], [`LiveGuard`]), so a panic or an early return can never
-//!   leave them wrong.
+//! * Gauges (`busy`, `live`, and any listed [`Gauge`]) change only through
+//!   RAII guards ([`BusyGuard`], [`LiveGuard`], [`GaugeGuard`]), so a panic
+//!   or an early return can never leave them wrong.
 //! * `live` is never stored as its own number in a snapshot: it is derived
 //!   as `accepted - rejected - closed` from counters read in an order that
 //!   keeps it non-negative, so the contract's invariant holds by
 //!   construction at every report.
+//!
+//! The plain counters are one list (the `listed!` invocation below): adding
+//! one is one entry, which reaches [`Counters`], [`Stats`] and the monitor.
 //!
 //! Byte counters are per worker and cache-padded: they change on every
 //! read and write, and a shared counter would make the workers fight over
@@ -31,7 +34,8 @@ use crate::ratelimit::RateLimit;
 /// Each entry is `doc, name: Kind => method;`. One entry gives a field of
 /// [`Counters`] (kind [`Count`] or [`Gauge`]), the method other modules
 /// change it through (`counters.idle_timeout()` counts one; a gauge's
-/// method returns the [`Gauge`] to raise or lower), a public field of
+/// method returns the [`Gauge`], to hold with a [`GaugeGuard`]), a public
+/// field of
 /// [`Stats`], and a `name=value` in the monitor's text line and JSON object
 /// (after the contract's fixed fields, in this order). The fixed fields
 /// (`busy` … `closed`, the peaks, the queue wait) are written out below,
@@ -173,25 +177,44 @@ impl Count {
     }
 }
 
-/// A number of things present now (connections in some state).
+/// A number of things present now (connections in some state), moved
+/// only by [`GaugeGuard`]s.
 #[derive(Debug, Default)]
 #[allow(dead_code)] // no gauge is listed yet
 pub(crate) struct Gauge(AtomicU64);
 
 #[allow(dead_code)] // no gauge is listed yet
 impl Gauge {
-    /// One more is present.
-    pub(crate) fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
-    }
-
-    /// One fewer is present.
-    pub(crate) fn dec(&self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-
     fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+}
+
+/// Counts one thing in a listed [`Gauge`] for as long as it lives, e.g.
+/// `GaugeGuard::new(&counters, Counters::parked)` for a gauge listed as
+/// `parked: Gauge => parked;`. Owns an `Arc`, so it can travel with a
+/// connection.
+#[derive(Debug)]
+#[allow(dead_code)] // no gauge is listed yet
+pub(crate) struct GaugeGuard {
+    counters: Arc<Counters>,
+    gauge: fn(&Counters) -> &Gauge,
+}
+
+#[allow(dead_code)] // no gauge is listed yet
+impl GaugeGuard {
+    pub(crate) fn new(counters: &Arc<Counters>, gauge: fn(&Counters) -> &Gauge) -> Self {
+        gauge(counters).0.fetch_add(1, Relaxed);
+        GaugeGuard {
+            counters: Arc::clone(counters),
+            gauge,
+        }
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        (self.gauge)(&self.counters).0.fetch_sub(1, Relaxed);
     }
 }
 
