@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Select, Sender, TrySendError};
-use log::{debug, error, warn};
+use log::{debug, log, warn, Level};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -252,47 +252,37 @@ impl Acceptor {
             return; // the loop is about to end anyway
         }
         self.counters.accept_error();
-        match e.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => {
-                let backoff = self.next_backoff();
-                if let Some(skipped) = self.error_log.allow() {
-                    warn!(
-                        "accept failed: {e}: the process is out of file descriptors \
-                         (raise the limit with `ulimit -n`); answering waiting clients \
-                         BUSY and retrying in {}{}",
-                        humantime::format_duration(backoff),
-                        suppressed(skipped),
-                    );
-                }
-                self.shed_one_with_spare_fd();
-                self.sleep(backoff);
-            }
+        // What the log line says after the error, and whether to shed a
+        // waiting client with the spare descriptor.
+        let (level, why, shed) = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => (
+                Level::Warn,
+                ": the process is out of file descriptors (raise the limit with \
+                 `ulimit -n`); answering waiting clients BUSY and",
+                true,
+            ),
             Some(libc::ENOBUFS | libc::ENOMEM) => {
-                let backoff = self.next_backoff();
-                if let Some(skipped) = self.error_log.allow() {
-                    warn!(
-                        "accept failed: {e}: the system is short of memory; retrying in {}{}",
-                        humantime::format_duration(backoff),
-                        suppressed(skipped),
-                    );
-                }
-                self.sleep(backoff);
+                (Level::Warn, ": the system is short of memory;", false)
             }
             _ if is_per_connection(&e) => {
                 debug!("accept: {e} (the client gave up during the handshake); continuing");
+                return;
             }
-            _ => {
-                let backoff = self.next_backoff();
-                if let Some(skipped) = self.error_log.allow() {
-                    error!(
-                        "accept failed: {e}; retrying in {}{}",
-                        humantime::format_duration(backoff),
-                        suppressed(skipped),
-                    );
-                }
-                self.sleep(backoff);
-            }
+            _ => (Level::Error, ";", false),
+        };
+        let backoff = self.next_backoff();
+        if let Some(skipped) = self.error_log.allow() {
+            log!(
+                level,
+                "accept failed: {e}{why} retrying in {}{}",
+                humantime::format_duration(backoff),
+                suppressed(skipped),
+            );
         }
+        if shed {
+            self.shed_one_with_spare_fd();
+        }
+        self.sleep(backoff);
     }
 
     fn next_backoff(&mut self) -> Duration {
