@@ -35,6 +35,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
 use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
+use crate::proxy::{Gate, Refusal};
 use crate::queue::Job;
 use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
@@ -69,6 +70,9 @@ pub(crate) struct Acceptor {
     pub(crate) spare_fd: Option<File>,
     pub(crate) backoff: Option<Duration>,
     pub(crate) error_log: RateLimit,
+    /// With `--proxy-protocol`: peers outside `--proxy-from` are refused
+    /// here, before they take a place in the queue.
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 impl Acceptor {
@@ -81,6 +85,7 @@ impl Acceptor {
         counters: Arc<Counters>,
         shutdown: Arc<Shutdown>,
         closer: Closer,
+        gate: Option<Arc<Gate>>,
     ) -> io::Result<(Self, Waker)> {
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
@@ -101,6 +106,7 @@ impl Acceptor {
             spare_fd: File::open("/dev/null").ok(),
             backoff: None,
             error_log: RateLimit::new(ERROR_LOG_INTERVAL),
+            gate,
         };
         Ok((acceptor, waker))
     }
@@ -187,6 +193,18 @@ impl Acceptor {
     /// Hands a new connection to the queue, or deals with a full queue.
     fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
         let job = Job::accepted(stream, peer, &self.counters);
+        if let Some(gate) = self.gate.as_ref().filter(|g| !g.trusts(peer)) {
+            let Job { stream, live, .. } = job;
+            gate.refuse(
+                Refusal::Untrusted,
+                stream,
+                peer,
+                live,
+                &self.counters,
+                &self.closer,
+            );
+            return;
+        }
         match self.queue.try_send(job) {
             Ok(()) => {
                 let queued = self.queue.len();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::connection::{Limits, MinRate};
 use crate::error::Error;
+use crate::proxy::{AllowList, ProxySettings, DEFAULT_PROXY_TIMEOUT};
 use crate::server::Server;
 use crate::service::{EventService, Service, ServiceKind, Uppercase};
 
@@ -92,6 +93,9 @@ pub struct ServerBuilder {
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) min_rate: Option<MinRate>,
     pub(crate) monitor_interval: Option<Duration>,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) proxy_from: AllowList,
+    pub(crate) proxy_timeout: Duration,
     pub(crate) monitor_format: MonitorFormat,
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
@@ -160,6 +164,9 @@ impl Default for ServerBuilder {
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             min_rate: None,
             monitor_interval: Some(DEFAULT_MONITOR_INTERVAL),
+            proxy_protocol: false,
+            proxy_from: AllowList::default(),
+            proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             monitor_format: MonitorFormat::Text,
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -183,6 +190,9 @@ impl fmt::Debug for ServerBuilder {
             .field("idle_timeout", &self.idle_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("min_rate", &self.min_rate)
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("proxy_from", &self.proxy_from)
+            .field("proxy_timeout", &self.proxy_timeout)
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_format", &self.monitor_format)
             .field(
@@ -285,6 +295,42 @@ impl ServerBuilder {
         self
     }
 
+    /// Require a PROXY protocol header (v1 or v2) at the start of every
+    /// connection, as a load balancer such as HAProxy sends it: the true
+    /// client's address comes from it. Peers outside
+    /// [`proxy_from`](Self::proxy_from), malformed or over-long headers and
+    /// headers that do not arrive within [`proxy_timeout`](Self::proxy_timeout)
+    /// are closed unanswered and counted in
+    /// [`Stats::proxy_refused`](crate::Stats::proxy_refused). A v2 LOCAL
+    /// header (a health check) is served as a direct connection. Defaults
+    /// to off.
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
+    }
+
+    /// The peers allowed to connect and send a PROXY header. Defaults to
+    /// loopback only (`127.0.0.0/8`, `::1/128`).
+    pub fn proxy_from(mut self, allow: AllowList) -> Self {
+        self.proxy_from = allow;
+        self
+    }
+
+    /// How long a worker waits for a whole PROXY header, from the moment
+    /// it takes the connection. Defaults to 3 seconds; must not be zero.
+    pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
+        self.proxy_timeout = timeout;
+        self
+    }
+
+    /// The PROXY protocol settings, when it is on.
+    pub(crate) fn proxy_settings(&self) -> Option<ProxySettings> {
+        self.proxy_protocol.then(|| ProxySettings {
+            allow: self.proxy_from.clone(),
+            timeout: self.proxy_timeout,
+        })
+    }
+
     /// Time between monitor reports; zero turns the monitor off. Defaults
     /// to 5 seconds.
     pub fn monitor_interval(mut self, interval: Duration) -> Self {
@@ -375,6 +421,9 @@ impl ServerBuilder {
         }
         if self.listen_backlog == Some(0) {
             return Err("listen backlog must be at least 1".into());
+        }
+        if self.proxy_protocol && self.proxy_timeout.is_zero() {
+            return Err("the proxy timeout must be more than zero".into());
         }
         if self.read_buffer_size == 0 {
             return Err("read buffer size must be at least 1 byte".into());

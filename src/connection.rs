@@ -103,6 +103,9 @@ pub struct Connection<'a> {
     window_bytes: u64,
     window_start: Instant,
     end: Option<End>,
+    /// Bytes that arrived with the PROXY header, handed out before the
+    /// socket is read again.
+    pending: Vec<u8>,
 }
 
 /// Per-connection time limits, fixed at server start.
@@ -197,12 +200,20 @@ impl<'a> Connection<'a> {
             window_bytes: 0,
             window_start: now,
             end: None,
+            pending: Vec::new(),
         })
     }
 
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Makes `bytes` (read from the socket before the connection was
+    /// handed over, after a PROXY header) the first that `read` returns.
+    pub(crate) fn unread(&mut self, bytes: Vec<u8>) {
+        debug_assert!(self.pending.is_empty());
+        self.pending = bytes;
     }
 
     /// Why the stream ended, once a read has returned `Ok(0)`.
@@ -229,6 +240,13 @@ impl<'a> Connection<'a> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.end.is_some() {
             return Ok(0);
+        }
+        if !self.pending.is_empty() && !buf.is_empty() {
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            self.io.read(n);
+            return Ok(n);
         }
         loop {
             if self.shutdown.deadline_passed() {

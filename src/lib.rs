@@ -76,6 +76,7 @@ pub mod load;
 mod monitor;
 mod pool;
 pub mod protocol;
+mod proxy;
 mod queue;
 mod ratelimit;
 mod server;
@@ -90,6 +91,7 @@ pub use config::{
 };
 pub use connection::{Connection, End};
 pub use error::Error;
+pub use proxy::{AllowList, Cidr, DEFAULT_PROXY_TIMEOUT, MAX_HEADER};
 pub use server::{Server, STARTUP_TARGET};
 pub use service::{serve_blocking, Buffers, Echo, EventService, Flow, Service, Session, Uppercase};
 pub use stats::Stats;

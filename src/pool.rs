@@ -22,6 +22,7 @@ use log::{debug, error, info, warn};
 use crate::closer::Closer;
 use crate::connection::{is_write_stall, Connection, End, Limits};
 use crate::protocol::{BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::proxy::Gate;
 use crate::queue::Job;
 use crate::service::{Buffers, ServiceKind};
 use crate::shutdown::Shutdown;
@@ -40,6 +41,8 @@ pub(crate) struct PoolContext {
     /// Takes over each connection's lingering close, so the worker can go
     /// on to the next connection at once.
     pub(crate) closer: Closer,
+    /// With `--proxy-protocol`: reads each connection's header first.
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 /// A running worker thread.
@@ -114,8 +117,21 @@ impl PoolContext {
         } = job;
         let busy = BusyGuard::new(&self.counters);
 
+        // With --proxy-protocol, the header first: the true client, and
+        // the bytes that came after the header in the same read.
+        let (peer, leftover) = match &self.gate {
+            None => (peer, Vec::new()),
+            Some(gate) => match gate.admit(&stream, peer) {
+                Ok(admitted) => (admitted.client, admitted.leftover),
+                Err(why) => {
+                    gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
+                    return;
+                }
+            },
+        };
+
         let served = catch_unwind(AssertUnwindSafe(|| {
-            self.serve(id, &stream, peer, bufs, queue)
+            self.serve(id, &stream, peer, leftover, bufs, queue)
         }));
         match served {
             Ok(Ok(())) => self.closer.close(stream, live),
@@ -149,11 +165,15 @@ impl PoolContext {
         id: usize,
         stream: &TcpStream,
         peer: SocketAddr,
+        leftover: Vec<u8>,
         bufs: &mut Buffers,
         queue: &Receiver<Job>,
     ) -> io::Result<()> {
         let io = self.counters.worker_io(id);
         let mut conn = Connection::new(stream, peer, io, &self.shutdown, &self.limits, queue)?;
+        if !leftover.is_empty() {
+            conn.unread(leftover);
+        }
         let result = self.service.serve(&mut conn, bufs);
         match conn.end() {
             Some(End::Idle) => {

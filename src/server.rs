@@ -27,6 +27,7 @@ use crate::config::ServerBuilder;
 use crate::error::Error;
 use crate::monitor::Monitor;
 use crate::pool::{PoolContext, Worker};
+use crate::proxy::Gate;
 use crate::queue::{self, QueueLen};
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
@@ -210,7 +211,10 @@ impl Server {
             move || closer_loop.run(),
         )?);
 
+        let proxy = b.proxy_settings();
+        let gate = proxy.clone().map(|s| Arc::new(Gate::new(s)));
         let ctx = Arc::new(PoolContext {
+            gate: gate.clone(),
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
             limits: b.limits(),
@@ -247,9 +251,10 @@ impl Server {
             )?);
         }
 
-        let (acceptor, waker) =
-            Acceptor::new(listener, queue_tx, b.overflow, counters, shutdown, closer)
-                .map_err(Error::Spawn)?;
+        let (acceptor, waker) = Acceptor::new(
+            listener, queue_tx, b.overflow, counters, shutdown, closer, gate,
+        )
+        .map_err(Error::Spawn)?;
         server.acceptor_waker = Some(waker);
         server.acceptor = Some(threads.spawn(
             "poolserver-acceptor".into(),
@@ -264,8 +269,18 @@ impl Server {
         info!(
             target: STARTUP_TARGET,
             "listening on {local_addr} with {} workers, accept queue capacity {} \
-             (listen backlog {listen_backlog}, overflow {})",
-            b.workers, b.backlog, b.overflow
+             (listen backlog {listen_backlog}, overflow {}){}",
+            b.workers,
+            b.backlog,
+            b.overflow,
+            match &proxy {
+                Some(p) => format!(
+                    "; PROXY protocol required, from {} within {}",
+                    p.allow,
+                    humantime::format_duration(p.timeout)
+                ),
+                None => String::new(),
+            }
         );
         Ok(server)
     }

@@ -157,6 +157,9 @@ listed! {
     io_errors: Count => io_error;
     /// Errors returned by `accept(2)` since start.
     accept_errors: Count => accept_error;
+    /// Connections closed unanswered by `--proxy-protocol`: an untrusted
+    /// peer, or no valid PROXY header in time (also counted in `closed`).
+    proxy_refused: Count => proxy_refused;
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use log::{info, LevelFilter};
-use poolserver::{parse_duration, Echo, MonitorFormat, Overflow, Server, Uppercase};
+use poolserver::{parse_duration, AllowList, Echo, MonitorFormat, Overflow, Server, Uppercase};
 use poolserver::{
-    DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_PROXY_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -104,6 +104,28 @@ struct Args {
     /// (the transform switched off, to measure the I/O ceiling)
     #[arg(long, env = "POOLSERVER_SERVICE", value_enum, default_value_t = ServiceArg::Uppercase)]
     service: ServiceArg,
+
+    /// Require a PROXY protocol (v1 or v2) header at the start of every
+    /// connection, as a load balancer sends it: the true client's address
+    /// comes from it
+    #[arg(long, env = "POOLSERVER_PROXY_PROTOCOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    proxy_protocol: bool,
+
+    /// With --proxy-protocol, the only peers allowed to connect
+    /// (comma-separated networks); any other is closed unanswered
+    #[arg(
+        long,
+        env = "POOLSERVER_PROXY_FROM",
+        value_name = "CIDR[,CIDR…]",
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    proxy_from: AllowList,
+
+    /// With --proxy-protocol, close a connection whose header has not
+    /// arrived whole within this time
+    #[arg(long, env = "POOLSERVER_PROXY_TIMEOUT", default_value = shown(DEFAULT_PROXY_TIMEOUT), value_parser = parse_duration)]
+    proxy_timeout: Duration,
 }
 
 /// `--min-rate-window`'s default. The library has none: its `min_rate`
@@ -190,7 +212,10 @@ fn main() -> ExitCode {
             FormatArg::Text => MonitorFormat::Text,
             FormatArg::Json => MonitorFormat::Json,
         })
-        .shutdown_timeout(args.shutdown_timeout);
+        .shutdown_timeout(args.shutdown_timeout)
+        .proxy_protocol(args.proxy_protocol)
+        .proxy_from(args.proxy_from.clone())
+        .proxy_timeout(args.proxy_timeout);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }

@@ -20,5 +20,7 @@ mod load;
 mod pool;
 /// The uppercase protocol over real sockets (contract §2).
 mod protocol;
+/// The PROXY protocol: true clients, refusals (`--proxy-protocol`).
+mod proxy;
 /// Graceful shutdown through the library API (§4).
 mod shutdown;
