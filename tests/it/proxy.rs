@@ -36,9 +36,13 @@ fn proxied(workers: usize) -> poolserver::ServerBuilder {
     support::builder().workers(workers).proxy_protocol(true)
 }
 
-/// Waits until every connection is closed and returns the stats.
+/// Waits until every connection is closed and every worker idle, and
+/// returns the stats.
 fn settled(server: &Server) -> Stats {
-    wait_until("every connection is closed", || server.stats().live == 0);
+    wait_until("every connection is closed and every worker idle", || {
+        let s = server.stats();
+        (s.live, s.busy) == (0, 0)
+    });
     server.stats()
 }
 
