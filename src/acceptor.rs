@@ -32,6 +32,7 @@ use log::{debug, log, warn, Level};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::access::Ending;
 use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
 use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
@@ -329,8 +330,8 @@ impl Acceptor {
         let shed = match self.listener.accept() {
             Ok((stream, peer)) => {
                 debug!("out of file descriptors; turning {peer} away");
-                let mut live = LiveGuard::new(&self.counters);
-                live.set_rejected();
+                let mut live = LiveGuard::new(&self.counters, peer);
+                live.set_rejected(Ending::Busy);
                 turn_away(&stream, BUSY_NO_FDS);
                 true
             }

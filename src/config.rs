@@ -96,6 +96,7 @@ pub struct ServerBuilder {
     pub(crate) proxy_protocol: bool,
     pub(crate) proxy_from: AllowList,
     pub(crate) proxy_timeout: Duration,
+    pub(crate) access_log: bool,
     pub(crate) monitor_format: MonitorFormat,
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
@@ -167,6 +168,7 @@ impl Default for ServerBuilder {
             proxy_protocol: false,
             proxy_from: AllowList::default(),
             proxy_timeout: DEFAULT_PROXY_TIMEOUT,
+            access_log: false,
             monitor_format: MonitorFormat::Text,
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -193,6 +195,7 @@ impl fmt::Debug for ServerBuilder {
             .field("proxy_protocol", &self.proxy_protocol)
             .field("proxy_from", &self.proxy_from)
             .field("proxy_timeout", &self.proxy_timeout)
+            .field("access_log", &self.access_log)
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_format", &self.monitor_format)
             .field(
@@ -320,6 +323,16 @@ impl ServerBuilder {
     /// it takes the connection. Defaults to 3 seconds; must not be zero.
     pub fn proxy_timeout(mut self, timeout: Duration) -> Self {
         self.proxy_timeout = timeout;
+        self
+    }
+
+    /// Log one line per connection when it closes, on the target
+    /// [`ACCESS_TARGET`](crate::ACCESS_TARGET) at level info: the true
+    /// client, the proxy (when different), queue wait, duration, bytes in
+    /// and out, and how it ended (README, "Running more than one").
+    /// Defaults to off.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 

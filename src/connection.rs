@@ -106,6 +106,9 @@ pub struct Connection<'a> {
     /// Bytes that arrived with the PROXY header, handed out before the
     /// socket is read again.
     pending: Vec<u8>,
+    /// Bytes read from and written to this client, for the access log.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// Per-connection time limits, fixed at server start.
@@ -201,6 +204,8 @@ impl<'a> Connection<'a> {
             window_start: now,
             end: None,
             pending: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
         })
     }
 
@@ -214,6 +219,11 @@ impl<'a> Connection<'a> {
     pub(crate) fn unread(&mut self, bytes: Vec<u8>) {
         debug_assert!(self.pending.is_empty());
         self.pending = bytes;
+    }
+
+    /// Bytes read from and written to this client so far.
+    pub(crate) fn transferred(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
     }
 
     /// Why the stream ended, once a read has returned `Ok(0)`.
@@ -246,6 +256,7 @@ impl<'a> Connection<'a> {
             buf[..n].copy_from_slice(&self.pending[..n]);
             self.pending.drain(..n);
             self.io.read(n);
+            self.bytes_in += n as u64;
             return Ok(n);
         }
         loop {
@@ -256,6 +267,7 @@ impl<'a> Connection<'a> {
                 Ok(0) => return Ok(self.finish(End::Eof)),
                 Ok(n) => {
                     self.io.read(n);
+                    self.bytes_in += n as u64;
                     self.window_bytes += n as u64;
                     if self.limits.idle_timeout.is_some() || self.limits.min_rate.is_some() {
                         self.last_data = Instant::now();
@@ -331,6 +343,7 @@ impl<'a> Connection<'a> {
             match self.stream.write(buf) {
                 Ok(n) => {
                     self.io.wrote(n);
+                    self.bytes_out += n as u64;
                     return Ok(n);
                 }
                 Err(e) if is_timeout(&e) => {

@@ -67,6 +67,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod acceptor;
+mod access;
 pub mod client;
 mod closer;
 mod config;
@@ -84,6 +85,7 @@ mod service;
 mod shutdown;
 mod stats;
 
+pub use access::ACCESS_TARGET;
 pub use config::{parse_duration, MonitorFormat, Overflow, ServerBuilder};
 pub use config::{
     DEFAULT_ADDR, DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,

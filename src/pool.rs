@@ -10,7 +10,7 @@
 //! counted and logged, and the worker goes on to the next connection.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,14 +19,15 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
 
+use crate::access::Ending;
 use crate::closer::Closer;
 use crate::connection::{is_write_stall, Connection, End, Limits};
 use crate::protocol::{BUSY_SHUTDOWN, BUSY_WAITED};
-use crate::proxy::Gate;
+use crate::proxy::{Admitted, Gate};
 use crate::queue::Job;
 use crate::service::{Buffers, ServiceKind};
 use crate::shutdown::Shutdown;
-use crate::stats::{BusyGuard, Counters};
+use crate::stats::{BusyGuard, Counters, LiveGuard};
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -113,16 +114,27 @@ impl PoolContext {
         // The worker is busy until it hands the socket to the closer; the
         // connection stays live until the closer has closed it.
         let Job {
-            stream, peer, live, ..
+            stream,
+            peer,
+            mut live,
+            ..
         } = job;
         let busy = BusyGuard::new(&self.counters);
+        if let Some(access) = live.access() {
+            access.waited(waited);
+        }
 
         // With --proxy-protocol, the header first: the true client, and
         // the bytes that came after the header in the same read.
-        let (peer, leftover) = match &self.gate {
-            None => (peer, Vec::new()),
+        let admitted = match &self.gate {
+            None => Admitted::direct(peer),
             Some(gate) => match gate.admit(&stream, peer) {
-                Ok(admitted) => (admitted.client, admitted.leftover),
+                Ok(admitted) => {
+                    if let Some(access) = live.access() {
+                        access.proxied(admitted.client);
+                    }
+                    admitted
+                }
                 Err(why) => {
                     gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
                     return;
@@ -131,7 +143,7 @@ impl PoolContext {
         };
 
         let served = catch_unwind(AssertUnwindSafe(|| {
-            self.serve(id, &stream, peer, leftover, bufs, queue)
+            self.serve(id, &stream, admitted, bufs, queue, &mut live)
         }));
         match served {
             Ok(Ok(())) => self.closer.close(stream, live),
@@ -148,6 +160,9 @@ impl PoolContext {
             }
             Err(panic) => {
                 self.counters.panic();
+                if let Some(access) = live.access() {
+                    access.ended(Ending::Panic);
+                }
                 error!(
                     "worker {id}: the service panicked serving {peer}: {}; \
                      that connection is closed, the worker goes on",
@@ -164,17 +179,31 @@ impl PoolContext {
         &self,
         id: usize,
         stream: &TcpStream,
-        peer: SocketAddr,
-        leftover: Vec<u8>,
+        admitted: Admitted,
         bufs: &mut Buffers,
         queue: &Receiver<Job>,
+        live: &mut LiveGuard,
     ) -> io::Result<()> {
         let io = self.counters.worker_io(id);
+        let peer = admitted.client;
         let mut conn = Connection::new(stream, peer, io, &self.shutdown, &self.limits, queue)?;
-        if !leftover.is_empty() {
-            conn.unread(leftover);
+        if !admitted.leftover.is_empty() {
+            conn.unread(admitted.leftover);
         }
         let result = self.service.serve(&mut conn, bufs);
+        if let Some(access) = live.access() {
+            let (bytes_in, bytes_out) = conn.transferred();
+            access.transferred(bytes_in, bytes_out);
+            access.ended(match (&result, conn.end()) {
+                (Err(e), _) if is_write_stall(e) => Ending::WriteTimeout,
+                (Err(_), _) => Ending::Error,
+                (Ok(()), None) => Ending::Exit,
+                (Ok(()), Some(End::Idle)) => Ending::Idle,
+                (Ok(()), Some(End::TooSlow)) => Ending::Slow,
+                (Ok(()), Some(End::Shutdown)) => Ending::Shutdown,
+                (Ok(()), Some(_)) => Ending::Eof,
+            });
+        }
         match conn.end() {
             Some(End::Idle) => {
                 self.counters.idle_timeout();

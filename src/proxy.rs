@@ -34,6 +34,7 @@ use log::warn;
 use parking_lot::Mutex;
 use proxy_header::{ParseConfig, Protocol, ProxyHeader};
 
+use crate::access::Ending;
 use crate::closer::Closer;
 use crate::ratelimit::RateLimit;
 use crate::shutdown::POLL_SLICE;
@@ -292,6 +293,10 @@ impl Gate {
         closer: &Closer,
     ) {
         counters.proxy_refused();
+        let mut live = live;
+        if let Some(access) = live.access() {
+            access.ended(Ending::ProxyRefused);
+        }
         if let Some(skipped) = self.log.lock().allow() {
             let earlier = if skipped == 0 {
                 String::new()
@@ -319,6 +324,17 @@ pub(crate) struct Admitted {
     /// Bytes that arrived after the header; the service must see them
     /// before anything it reads itself.
     pub(crate) leftover: Vec<u8>,
+}
+
+impl Admitted {
+    /// A connection without a PROXY header (`--proxy-protocol` off).
+    pub(crate) fn direct(peer: SocketAddr) -> Self {
+        Admitted {
+            client: peer,
+            proxy: None,
+            leftover: Vec::new(),
+        }
+    }
 }
 
 /// Why a connection was refused. Every refusal is closed unanswered.

@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::access::Ending;
 use crate::closer::{write_busy, Closer};
 use crate::connection::Pressure;
+use crate::protocol::BUSY_SHUTDOWN;
 use crate::stats::{Counters, LiveGuard};
 
 /// One accepted connection on its way to a worker.
@@ -43,7 +45,7 @@ impl Job {
             stream,
             peer,
             accepted_at: Instant::now(),
-            live: LiveGuard::new(counters),
+            live: LiveGuard::new(counters, peer),
         }
     }
 
@@ -52,7 +54,11 @@ impl Job {
     /// closer has finished its lingering close.
     pub(crate) fn reject(mut self, line: &[u8], closer: &Closer) {
         write_busy(&self.stream, line);
-        self.live.set_rejected();
+        self.live.set_rejected(if line == BUSY_SHUTDOWN {
+            Ending::Shutdown
+        } else {
+            Ending::Busy
+        });
         closer.close(self.stream, self.live);
     }
 }

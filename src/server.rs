@@ -183,7 +183,7 @@ impl Server {
             source,
         })?;
 
-        let counters = Arc::new(Counters::new(b.workers, b.backlog));
+        let counters = Arc::new(Counters::new(b.workers, b.backlog).with_access_log(b.access_log));
         let shutdown = Arc::new(Shutdown::new());
         let (queue_tx, queue_rx) = queue::bounded(b.backlog);
         let (mut threads, ready, done) = Threads::new();

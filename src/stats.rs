@@ -18,6 +18,7 @@
 //! read and write, and a shared counter would make the workers fight over
 //! one cache line.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::access::{Access, Ending};
 use crate::ratelimit::RateLimit;
 
 /// The one list of the server's plain counters and gauges.
@@ -282,6 +284,8 @@ pub(crate) struct Counters {
     saturated: AtomicBool,
     /// Taken only at the edges of an episode.
     saturation_log: Mutex<SaturationLog>,
+    /// `--access-log`: every connection carries an access record.
+    access_log: bool,
 }
 
 /// How often saturation episodes are logged. Under a load that keeps the
@@ -299,6 +303,13 @@ struct SaturationLog {
 }
 
 impl Counters {
+    /// Turns the access log on: every connection accepted from now on
+    /// carries an access record (see `access.rs`).
+    pub(crate) fn with_access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
     pub(crate) fn new(workers: usize, backlog: usize) -> Self {
         Counters {
             workers,
@@ -312,6 +323,7 @@ impl Counters {
             peak_queued: AtomicUsize::new(0),
             peak_live: AtomicU64::new(0),
             listed: Listed::default(),
+            access_log: false,
             io: (0..workers).map(|_| CachePadded::default()).collect(),
             queue_wait: Mutex::new(new_wait_histogram()),
             saturated: AtomicBool::new(false),
@@ -440,10 +452,12 @@ pub(crate) fn percentile(h: &Histogram<u64>, q: f64) -> Duration {
 pub(crate) struct LiveGuard {
     counters: Arc<Counters>,
     outcome: Outcome,
+    /// With `--access-log`: the connection's record, logged at the drop.
+    access: Option<Box<Access>>,
 }
 
 impl LiveGuard {
-    pub(crate) fn new(counters: &Arc<Counters>) -> Self {
+    pub(crate) fn new(counters: &Arc<Counters>, peer: SocketAddr) -> Self {
         counters
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -452,17 +466,31 @@ impl LiveGuard {
         LiveGuard {
             counters: Arc::clone(counters),
             outcome: Outcome::Closed,
+            access: counters.access_log.then(|| Box::new(Access::new(peer))),
         }
     }
 
-    /// Marks the connection as turned away rather than served.
-    pub(crate) fn set_rejected(&mut self) {
+    /// The connection's access record, when the access log is on.
+    pub(crate) fn access(&mut self) -> Option<&mut Access> {
+        self.access.as_deref_mut()
+    }
+
+    /// Marks the connection as turned away rather than served (`end`:
+    /// why, for the access log).
+    pub(crate) fn set_rejected(&mut self, end: Ending) {
         self.outcome = Outcome::Rejected;
+        if let Some(access) = self.access() {
+            access.ended(end);
+        }
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
+        // Logged before it is counted: once `closed` says so, the line is out.
+        if let Some(access) = &self.access {
+            access.log();
+        }
         self.counters.live.fetch_sub(1, Relaxed);
         let counter = match self.outcome {
             Outcome::Closed => &self.counters.closed,
@@ -496,18 +524,21 @@ impl Drop for BusyGuard<'_> {
 mod tests {
     use super::*;
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
     #[test]
     fn guards_keep_live_and_busy_exact() {
         let c = Arc::new(Counters::new(2, 4));
-        let a = LiveGuard::new(&c);
-        let mut b = LiveGuard::new(&c);
+        let a = LiveGuard::new(&c, PEER);
+        let mut b = LiveGuard::new(&c, PEER);
         let s = c.snapshot(1);
         assert_eq!((s.accepted, s.live, s.peak_live), (2, 2, 2));
         {
             let _busy = BusyGuard::new(&c);
             assert_eq!(c.snapshot(0).busy, 1);
         }
-        b.set_rejected();
+        b.set_rejected(Ending::Busy);
         drop(b);
         drop(a);
         let s = c.snapshot(0);
@@ -523,7 +554,7 @@ mod tests {
         let c = Arc::new(Counters::new(1, 1));
         let c2 = Arc::clone(&c);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _live = LiveGuard::new(&c2);
+            let _live = LiveGuard::new(&c2, PEER);
             let _busy = BusyGuard::new(&c2);
             panic!("boom");
         }));

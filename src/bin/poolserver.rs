@@ -126,6 +126,13 @@ struct Args {
     /// arrived whole within this time
     #[arg(long, env = "POOLSERVER_PROXY_TIMEOUT", default_value = shown(DEFAULT_PROXY_TIMEOUT), value_parser = parse_duration)]
     proxy_timeout: Duration,
+
+    /// Log one line per connection when it closes (target
+    /// poolserver::access, logfmt): client, proxy, queue wait, duration,
+    /// bytes in and out, how it ended
+    #[arg(long, env = "POOLSERVER_ACCESS_LOG",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    access_log: bool,
 }
 
 /// `--min-rate-window`'s default. The library has none: its `min_rate`
@@ -215,7 +222,8 @@ fn main() -> ExitCode {
         .shutdown_timeout(args.shutdown_timeout)
         .proxy_protocol(args.proxy_protocol)
         .proxy_from(args.proxy_from.clone())
-        .proxy_timeout(args.proxy_timeout);
+        .proxy_timeout(args.proxy_timeout)
+        .access_log(args.access_log);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }
@@ -271,11 +279,15 @@ fn init_logging(level: LevelFilter, file: Option<&PathBuf>) -> Result<(), String
             .set_time_format_rfc3339();
         b
     };
+    // The startup line and the access log (asked for by its own flag) show
+    // at every level.
     let everything_else = base()
         .add_filter_ignore_str(poolserver::STARTUP_TARGET)
+        .add_filter_ignore_str(poolserver::ACCESS_TARGET)
         .build();
     let startup_only = base()
         .add_filter_allow_str(poolserver::STARTUP_TARGET)
+        .add_filter_allow_str(poolserver::ACCESS_TARGET)
         .build();
     let startup_level = level.max(LevelFilter::Info);
     let color = if std::io::stderr().is_terminal() {

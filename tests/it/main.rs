@@ -5,6 +5,8 @@
 
 mod support;
 
+/// `--access-log`: one line per connection (README, Running more than one).
+mod access_log;
 /// Attacks: floods, fd exhaustion, slow and vanishing clients, panics,
 /// shutdown under load, monitor truth.
 mod attack;

@@ -26,7 +26,7 @@ pub fn v2(source: &str) -> Vec<u8> {
     out
 }
 
-fn v2_local() -> Vec<u8> {
+pub fn v2_local() -> Vec<u8> {
     let mut out = Vec::new();
     ProxyHeader::with_local().encode_v2(&mut out).unwrap();
     out
