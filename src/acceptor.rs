@@ -32,15 +32,13 @@ use log::{debug, log, warn, Level};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::access::Ending;
 use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
-use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN};
 use crate::proxy::{Gate, Refusal};
-use crate::queue::Job;
+use crate::queue::{busy_line, Job};
 use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
-use crate::stats::{Counters, LiveGuard};
+use crate::stats::{Counters, LiveGuard, Rejection};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -185,7 +183,7 @@ impl Acceptor {
                 true
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                job.reject(BUSY_SHUTDOWN, &self.closer);
+                job.reject(Rejection::Shutdown, &self.closer);
                 false
             }
         }
@@ -219,13 +217,13 @@ impl Acceptor {
                 match self.overflow {
                     Overflow::Reject => {
                         debug!("accept queue full; turning {} away", job.peer);
-                        job.reject(BUSY_FULL, &self.closer);
+                        job.reject(Rejection::QueueFull, &self.closer);
                     }
                     Overflow::Block => self.wait_for_room(job),
                 }
             }
             // Workers only drop their receivers after the acceptor is gone.
-            Err(TrySendError::Disconnected(job)) => job.reject(BUSY_SHUTDOWN, &self.closer),
+            Err(TrySendError::Disconnected(job)) => job.reject(Rejection::Shutdown, &self.closer),
         }
     }
 
@@ -237,7 +235,7 @@ impl Acceptor {
         let op = select.select();
         if op.index() == send {
             if let Err(e) = op.send(&self.queue, job) {
-                e.into_inner().reject(BUSY_SHUTDOWN, &self.closer);
+                e.into_inner().reject(Rejection::Shutdown, &self.closer);
             }
             self.counters.note_queued(self.queue.len());
         } else {
@@ -331,8 +329,8 @@ impl Acceptor {
             Ok((stream, peer)) => {
                 debug!("out of file descriptors; turning {peer} away");
                 let mut live = LiveGuard::new(&self.counters, peer);
-                live.set_rejected(Ending::Busy);
-                turn_away(&stream, BUSY_NO_FDS);
+                live.set_rejected(Rejection::NoFds);
+                turn_away(&stream, busy_line(Rejection::NoFds));
                 true
             }
             Err(_) => false,

@@ -48,6 +48,10 @@ pub enum MonitorFormat {
     /// One JSON object per line on standard output (or the sink given to
     /// [`ServerBuilder::monitor_output`]); nothing in the log.
     Json,
+    /// A short report a person reads at a glance in a terminal: occupancy
+    /// bars, rates and waits, on standard output (or the sink given to
+    /// [`ServerBuilder::monitor_output`]); nothing in the log.
+    Pretty,
 }
 
 /// Configures and starts a [`Server`](crate::Server).
@@ -103,6 +107,7 @@ pub struct ServerBuilder {
     pub(crate) service: ServiceKind,
     pub(crate) read_buffer_size: usize,
     pub(crate) worker_stack_size: usize,
+    pub(crate) metrics_addr: Option<String>,
 }
 
 /// Default address: loopback only, so a server started by accident is not
@@ -175,6 +180,7 @@ impl Default for ServerBuilder {
             service: ServiceKind::Event(Arc::new(Uppercase)),
             read_buffer_size: DEFAULT_READ_BUFFER,
             worker_stack_size: DEFAULT_WORKER_STACK,
+            metrics_addr: None,
         }
     }
 }
@@ -206,6 +212,7 @@ impl fmt::Debug for ServerBuilder {
             .field("service", &self.service)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("worker_stack_size", &self.worker_stack_size)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -398,6 +405,16 @@ impl ServerBuilder {
     /// Stack size of each worker thread. Defaults to 512 KiB.
     pub fn worker_stack_size(mut self, bytes: usize) -> Self {
         self.worker_stack_size = bytes;
+        self
+    }
+
+    /// Serve Prometheus metrics (`GET /metrics`, text format 0.0.4) on this
+    /// address; port 0 picks a free port (read it back with
+    /// [`Server::metrics_addr`](crate::Server::metrics_addr)). Anyone who
+    /// can reach it can read the pool's figures: prefer a loopback or
+    /// private address. Defaults to off.
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
         self
     }
 

@@ -33,6 +33,7 @@
 //! | the periodic report | `monitor.rs` |
 //! | the shutdown signal | `shutdown.rs` |
 //! | one log line per interval | `ratelimit.rs` |
+//! | the Prometheus endpoint | `metrics.rs`, `metrics/http.rs` |
 //! | the `poolclient` conversation | [`client`] |
 //! | the `poolload` drivers, reply check and report | [`load`] |
 //!
@@ -74,6 +75,7 @@ mod config;
 mod connection;
 mod error;
 pub mod load;
+mod metrics;
 mod monitor;
 mod pool;
 pub mod protocol;

@@ -8,8 +8,8 @@
 //!
 //! Text reports are log lines under the target `poolserver::monitor` (this
 //! module's path), so the binary's logger decides where they go. JSON
-//! reports go to standard output (or the builder's sink), one object per
-//! line.
+//! reports (one object per line) and pretty ones (`pretty.rs`) go to
+//! standard output or the builder's sink.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -24,6 +24,8 @@ use serde::ser::{Serialize, SerializeMap};
 use crate::config::MonitorFormat;
 use crate::queue::QueueLen;
 use crate::stats::{percentile, Counters, Stats};
+
+mod pretty;
 
 /// One report: the snapshot and what only makes sense over an interval.
 #[derive(Debug)]
@@ -168,17 +170,23 @@ impl Monitor {
             MonitorFormat::Text => info!("{}", text_line(&report)),
             MonitorFormat::Json => {
                 let line = serde_json::to_string(&report).expect("a report always serializes");
-                let result = match self.output.as_mut() {
-                    Some(out) => writeln!(out, "{line}").and_then(|()| out.flush()),
-                    None => {
-                        let mut out = io::stdout().lock();
-                        writeln!(out, "{line}").and_then(|()| out.flush())
-                    }
-                };
-                if let Err(e) = result {
-                    log::warn!("cannot write the monitor report: {e}");
-                }
+                self.emit(&line);
             }
+            MonitorFormat::Pretty => self.emit(&pretty::render(&report)),
+        }
+    }
+
+    /// Writes one report to the sink (standard output by default).
+    fn emit(&mut self, report: &str) {
+        let result = match self.output.as_mut() {
+            Some(out) => writeln!(out, "{report}").and_then(|()| out.flush()),
+            None => {
+                let mut out = io::stdout().lock();
+                writeln!(out, "{report}").and_then(|()| out.flush())
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("cannot write the monitor report: {e}");
         }
     }
 }

@@ -22,12 +22,11 @@ use log::{debug, error, info, warn};
 use crate::access::Ending;
 use crate::closer::Closer;
 use crate::connection::{is_write_stall, Connection, End, Limits};
-use crate::protocol::{BUSY_SHUTDOWN, BUSY_WAITED};
 use crate::proxy::{Admitted, Gate};
 use crate::queue::Job;
 use crate::service::{Buffers, ServiceKind};
 use crate::shutdown::Shutdown;
-use crate::stats::{BusyGuard, Counters, LiveGuard};
+use crate::stats::{BusyGuard, Counters, LiveGuard, Rejection};
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -97,7 +96,7 @@ impl PoolContext {
         if self.shutdown.deadline_passed() {
             // Still queued at the deadline means closed unserved (README,
             // Shutdown).
-            job.reject(BUSY_SHUTDOWN, &self.closer);
+            job.reject(Rejection::Shutdown, &self.closer);
             return;
         }
         if self.queue_timeout.is_some_and(|limit| waited > limit) {
@@ -106,7 +105,7 @@ impl PoolContext {
                 job.peer,
                 humantime::format_duration(round_ms(waited))
             );
-            job.reject(BUSY_WAITED, &self.closer);
+            job.reject(Rejection::QueueTimeout, &self.closer);
             return;
         }
         self.counters.record_wait(waited);

@@ -15,11 +15,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::access::Ending;
 use crate::closer::{write_busy, Closer};
 use crate::connection::Pressure;
-use crate::protocol::BUSY_SHUTDOWN;
-use crate::stats::{Counters, LiveGuard};
+use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::stats::{Counters, LiveGuard, Rejection};
 
 /// One accepted connection on its way to a worker.
 #[derive(Debug)]
@@ -49,17 +48,24 @@ impl Job {
         }
     }
 
-    /// Turns the connection away with `line` (one of the `BUSY` lines of
-    /// [`protocol`](crate::protocol)) and counts it as rejected, once the
-    /// closer has finished its lingering close.
-    pub(crate) fn reject(mut self, line: &[u8], closer: &Closer) {
-        write_busy(&self.stream, line);
-        self.live.set_rejected(if line == BUSY_SHUTDOWN {
-            Ending::Shutdown
-        } else {
-            Ending::Busy
-        });
+    /// Turns the connection away with the `BUSY` line for `why` and counts
+    /// it as rejected for that reason, once the closer has finished its
+    /// lingering close.
+    pub(crate) fn reject(mut self, why: Rejection, closer: &Closer) {
+        write_busy(&self.stream, busy_line(why));
+        self.live.set_rejected(why);
         closer.close(self.stream, self.live);
+    }
+}
+
+/// The `BUSY` line of [`protocol`](crate::protocol) that tells a client why
+/// it is turned away.
+pub(crate) fn busy_line(why: Rejection) -> &'static [u8] {
+    match why {
+        Rejection::QueueFull => BUSY_FULL,
+        Rejection::QueueTimeout => BUSY_WAITED,
+        Rejection::Shutdown => BUSY_SHUTDOWN,
+        Rejection::NoFds => BUSY_NO_FDS,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::acceptor::Acceptor;
 use crate::closer::Closer;
 use crate::config::ServerBuilder;
 use crate::error::Error;
+use crate::metrics::{http::Endpoint, Exporter};
 use crate::monitor::Monitor;
 use crate::pool::{PoolContext, Worker};
 use crate::proxy::Gate;
@@ -79,6 +80,8 @@ pub struct Server {
     /// lingering close is done.
     closer: Option<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
+    /// The `/metrics` endpoint, when asked for; stopped last.
+    metrics: Option<Endpoint>,
     default_grace: Duration,
 }
 
@@ -92,6 +95,13 @@ impl Server {
     /// asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the Prometheus endpoint (with the real port when it
+    /// was asked for port 0), or `None` without
+    /// [`metrics_addr`](ServerBuilder::metrics_addr).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
     }
 
     /// A snapshot of the server's counters; see [`Stats`] for what holds.
@@ -129,6 +139,10 @@ impl Server {
         }
         if let Some(monitor) = self.monitor.take() {
             let _ = monitor.join();
+        }
+        // Last, so the drain stays visible to scrapes until the pool is done.
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
         }
         let stats = self.stats();
         debug!("server stopped: {stats:?}");
@@ -200,6 +214,7 @@ impl Server {
             workers: Vec::with_capacity(b.workers),
             closer: None,
             monitor: None,
+            metrics: None,
             default_grace: b.shutdown_timeout,
         };
 
@@ -241,7 +256,7 @@ impl Server {
                 output: b.monitor_output,
                 counters: Arc::clone(&counters),
                 queue: QueueLen::of(&queue_rx),
-                done,
+                done: done.clone(),
             };
             server.monitor = Some(threads.spawn(
                 "poolserver-monitor".into(),
@@ -249,6 +264,23 @@ impl Server {
                 Holds::Nothing,
                 move || monitor.run(),
             )?);
+        }
+
+        if let Some(addr) = &b.metrics_addr {
+            let exporter = Exporter::new(Arc::clone(&counters), QueueLen::of(&queue_rx));
+            let (endpoint, serve) = Endpoint::bind(addr, Arc::new(exporter), done)?;
+            let thread = threads.spawn(
+                "poolserver-metrics".into(),
+                None,
+                Holds::Nothing,
+                move || serve.run(),
+            )?;
+            info!(
+                target: STARTUP_TARGET,
+                "metrics on http://{}/metrics",
+                endpoint.local_addr()
+            );
+            server.metrics = Some(endpoint.running(thread));
         }
 
         let (acceptor, waker) = Acceptor::new(
@@ -292,7 +324,8 @@ enum Holds {
     /// `done` fails once all of them have exited, which is when it writes
     /// the final report.
     Done,
-    /// The monitor itself.
+    /// The monitor itself, and the metrics endpoint (which also watches
+    /// `done`, to stop on its own after a drop without a shutdown).
     Nothing,
 }
 

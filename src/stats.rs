@@ -162,6 +162,17 @@ listed! {
     /// Connections closed unanswered by `--proxy-protocol`: an untrusted
     /// peer, or no valid PROXY header in time (also counted in `closed`).
     proxy_refused: Count => proxy_refused;
+    /// Of the rejected, turned away because the accept queue was full
+    /// (`--overflow reject`).
+    rejected_queue_full: Count => rejected_queue_full;
+    /// Of the rejected, turned away because they waited longer than
+    /// `--queue-timeout`.
+    rejected_queue_timeout: Count => rejected_queue_timeout;
+    /// Of the rejected, turned away because the server was shutting down.
+    rejected_shutdown: Count => rejected_shutdown;
+    /// Of the rejected, turned away because the server was out of file
+    /// descriptors.
+    rejected_no_fds: Count => rejected_no_fds;
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -255,7 +266,21 @@ pub(crate) enum Outcome {
     /// Served and closed (including every error case: it was served).
     Closed,
     /// Turned away with `BUSY` without being served.
-    Rejected,
+    Rejected(Rejection),
+}
+
+/// Why a connection was turned away with `BUSY`. Each reason has its own
+/// listed counter; `rejected` is their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The accept queue was full (`--overflow reject`).
+    QueueFull,
+    /// It waited in the queue longer than `--queue-timeout`.
+    QueueTimeout,
+    /// The server was shutting down.
+    Shutdown,
+    /// The process was out of file descriptors.
+    NoFds,
 }
 
 /// Every counter the server keeps. Shared by all threads through an `Arc`.
@@ -475,12 +500,15 @@ impl LiveGuard {
         self.access.as_deref_mut()
     }
 
-    /// Marks the connection as turned away rather than served (`end`:
-    /// why, for the access log).
-    pub(crate) fn set_rejected(&mut self, end: Ending) {
-        self.outcome = Outcome::Rejected;
+    /// Marks the connection as turned away rather than served, for `why`
+    /// (counted at the drop; the access log says `busy` or `shutdown`).
+    pub(crate) fn set_rejected(&mut self, why: Rejection) {
+        self.outcome = Outcome::Rejected(why);
         if let Some(access) = self.access() {
-            access.ended(end);
+            access.ended(match why {
+                Rejection::Shutdown => Ending::Shutdown,
+                Rejection::QueueFull | Rejection::QueueTimeout | Rejection::NoFds => Ending::Busy,
+            });
         }
     }
 }
@@ -492,9 +520,20 @@ impl Drop for LiveGuard {
             access.log();
         }
         self.counters.live.fetch_sub(1, Relaxed);
+        let c = &self.counters;
         let counter = match self.outcome {
-            Outcome::Closed => &self.counters.closed,
-            Outcome::Rejected => &self.counters.rejected,
+            Outcome::Closed => &c.closed,
+            Outcome::Rejected(why) => {
+                // The reason first: `rejected`, published last, never runs
+                // ahead of the sum of its reasons.
+                match why {
+                    Rejection::QueueFull => c.rejected_queue_full(),
+                    Rejection::QueueTimeout => c.rejected_queue_timeout(),
+                    Rejection::Shutdown => c.rejected_shutdown(),
+                    Rejection::NoFds => c.rejected_no_fds(),
+                }
+                &c.rejected
+            }
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
@@ -538,7 +577,7 @@ mod tests {
             let _busy = BusyGuard::new(&c);
             assert_eq!(c.snapshot(0).busy, 1);
         }
-        b.set_rejected(Ending::Busy);
+        b.set_rejected(Rejection::QueueFull);
         drop(b);
         drop(a);
         let s = c.snapshot(0);
@@ -547,6 +586,32 @@ mod tests {
             (2, 1, 1, 0, 0)
         );
         assert_eq!((s.peak_busy, s.peak_live), (1, 2));
+    }
+
+    #[test]
+    fn each_rejection_counts_its_reason_and_the_sum() {
+        let c = Arc::new(Counters::new(1, 1));
+        for why in [
+            Rejection::QueueFull,
+            Rejection::QueueFull,
+            Rejection::QueueTimeout,
+            Rejection::Shutdown,
+            Rejection::NoFds,
+        ] {
+            LiveGuard::new(&c, PEER).set_rejected(why);
+        }
+        let s = c.snapshot(0);
+        assert_eq!(
+            (
+                s.rejected,
+                s.rejected_queue_full,
+                s.rejected_queue_timeout,
+                s.rejected_shutdown,
+                s.rejected_no_fds
+            ),
+            (5, 2, 1, 1, 1)
+        );
+        assert_eq!((s.closed, s.live), (0, 0));
     }
 
     #[test]

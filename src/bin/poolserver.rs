@@ -84,7 +84,8 @@ struct Args {
     #[arg(long, env = "POOLSERVER_MONITOR_INTERVAL", default_value = shown(DEFAULT_MONITOR_INTERVAL), value_parser = parse_duration)]
     monitor_interval: Duration,
 
-    /// Monitor reports as a key=value log line, or as JSON lines on stdout
+    /// Monitor reports as a key=value log line, as JSON lines on stdout, or
+    /// as a short report on stdout that a person reads at a glance (pretty)
     #[arg(long, env = "POOLSERVER_MONITOR_FORMAT", value_enum, default_value_t = FormatArg::Text)]
     monitor_format: FormatArg,
 
@@ -99,6 +100,11 @@ struct Args {
     /// Also append the log to this file
     #[arg(long, env = "POOLSERVER_LOG_FILE")]
     log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (prefer a loopback or
+    /// private address: anyone who reaches it reads the pool's figures)
+    #[arg(long, env = "POOLSERVER_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 
     /// What workers do with a connection: the uppercase loop, or plain echo
     /// (the transform switched off, to measure the I/O ceiling)
@@ -155,6 +161,7 @@ enum OverflowArg {
 enum FormatArg {
     Text,
     Json,
+    Pretty,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -218,6 +225,7 @@ fn main() -> ExitCode {
         .monitor_format(match args.monitor_format {
             FormatArg::Text => MonitorFormat::Text,
             FormatArg::Json => MonitorFormat::Json,
+            FormatArg::Pretty => MonitorFormat::Pretty,
         })
         .shutdown_timeout(args.shutdown_timeout)
         .proxy_protocol(args.proxy_protocol)
@@ -229,6 +237,9 @@ fn main() -> ExitCode {
     }
     if let Some(n) = args.listen_backlog {
         builder = builder.listen_backlog(n as usize);
+    }
+    if let Some(addr) = &args.metrics_addr {
+        builder = builder.metrics_addr(addr.clone());
     }
     builder = match args.service {
         ServiceArg::Uppercase => builder.event_service(Uppercase),
