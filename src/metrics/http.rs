@@ -207,7 +207,7 @@ enum Request {
     },
     NotFound,
     MethodNotAllowed,
-    BadRequest,
+    Malformed,
     TooLarge,
     TimedOut,
     /// The client closed or reset before sending a whole head.
@@ -257,7 +257,7 @@ fn serve_one(mut stream: TcpStream, peer: SocketAddr, exporter: &Arc<Exporter>) 
             "Allow: GET, HEAD\r\n",
             "method not allowed; use GET or HEAD\n",
         ),
-        Request::BadRequest => ("400 Bad Request", "", "bad request\n"),
+        Request::Malformed => ("400 Bad Request", "", "bad request\n"),
         Request::TooLarge => (
             "431 Request Header Fields Too Large",
             "",
@@ -331,18 +331,18 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 fn classify(head: &[u8]) -> Request {
     let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !token(method) || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return Request::BadRequest;
+        return Request::Malformed;
     }
     let path = target.split('?').next().unwrap_or(target);
     if path != "/metrics" {
@@ -397,10 +397,10 @@ mod tests {
             (b"GET / HTTP/1.1\r\n\r\n", Request::NotFound),
             (b"GET /metricsx HTTP/1.1\r\n\r\n", Request::NotFound),
             (b"POST /metrics HTTP/1.1\r\n\r\n", Request::MethodNotAllowed),
-            (b"GET /metrics HTTP/2\r\n\r\n", Request::BadRequest),
-            (b"GET  /metrics HTTP/1.1\r\n\r\n", Request::BadRequest),
-            (b"\xff\xfe /metrics HTTP/1.1\r\n\r\n", Request::BadRequest),
-            (b"hello\r\n\r\n", Request::BadRequest),
+            (b"GET /metrics HTTP/2\r\n\r\n", Request::Malformed),
+            (b"GET  /metrics HTTP/1.1\r\n\r\n", Request::Malformed),
+            (b"\xff\xfe /metrics HTTP/1.1\r\n\r\n", Request::Malformed),
+            (b"hello\r\n\r\n", Request::Malformed),
         ];
         for (head, want) in cases {
             let end = head_end(head).expect("a whole head");

@@ -18,6 +18,8 @@ mod client;
 mod fuzz_replay;
 /// The `poolload` load generator (§6).
 mod load;
+/// The Prometheus endpoint, promtool, a real Prometheus, the pretty monitor.
+mod metrics;
 /// Occupancy, overflow, timeouts and panics in the worker pool (§1, §3).
 mod pool;
 /// The uppercase protocol over real sockets (contract §2).
