@@ -78,8 +78,20 @@ fn expected(s: &Stats) -> Vec<(&'static str, u64)> {
     vec![
         ("poolserver_connections_accepted_total", s.accepted),
         (
-            "poolserver_connections_rejected_total{reason=\"all\"}",
-            s.rejected,
+            "poolserver_connections_rejected_total{reason=\"queue_full\"}",
+            s.rejected_queue_full,
+        ),
+        (
+            "poolserver_connections_rejected_total{reason=\"queue_timeout\"}",
+            s.rejected_queue_timeout,
+        ),
+        (
+            "poolserver_connections_rejected_total{reason=\"shutdown\"}",
+            s.rejected_shutdown,
+        ),
+        (
+            "poolserver_connections_rejected_total{reason=\"no_fds\"}",
+            s.rejected_no_fds,
         ),
         ("poolserver_connections_closed_total", s.closed),
         (
@@ -212,6 +224,7 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
     let mut refused = connect(addr);
     let busy = support::read_to_close(&mut refused);
     assert!(busy.starts_with(b"BUSY"), "{busy:?}");
+    drop(refused);
     wait_until("at rest", || {
         let s = server.stats();
         s.live == 0 && s.closed == 2 && s.rejected == 1
@@ -219,7 +232,14 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
 
     let stats = server.stats();
     let m = get_metrics(server.metrics_addr().unwrap());
-    assert_eq!((stats.idle_timeouts, stats.bytes_in), (2, 5));
+    assert_eq!(
+        (
+            stats.idle_timeouts,
+            stats.rejected_queue_full,
+            stats.bytes_in
+        ),
+        (2, 1, 5)
+    );
     for (series, want) in expected(&stats) {
         assert_eq!(sample(&m, series), want as f64, "{series}");
     }
@@ -245,6 +265,10 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
             "poolserver_connections_ended_early_total{reason=\"idle\"}",
             "idle_timeouts",
         ),
+        (
+            "poolserver_connections_rejected_total{reason=\"queue_full\"}",
+            "rejected_queue_full",
+        ),
     ] {
         assert_eq!(
             sample(&m, series),
@@ -253,6 +277,55 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
         );
     }
     assert_eq!(report["rejected"], 1);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn rejections_are_exposed_by_reason() {
+    let server = support::builder()
+        .workers(1)
+        .backlog(1)
+        .overflow(Overflow::Reject)
+        .queue_timeout(Duration::from_millis(100))
+        .metrics_addr("127.0.0.1:0")
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let held = served_client(addr);
+    let mut late = connect(addr);
+    wait_until("one queued", || server.stats().queued == 1);
+    let mut full = connect(addr);
+    assert!(support::read_to_close(&mut full).starts_with(b"BUSY"));
+    drop(full);
+    // The queued one must outwait --queue-timeout before a worker frees.
+    let queued_at = Instant::now();
+    wait_until("the queue timeout passed", || {
+        queued_at.elapsed() > Duration::from_millis(150)
+    });
+    drop(held);
+    let busy = support::read_to_close(&mut late);
+    assert!(busy.starts_with(b"BUSY waited"), "{busy:?}");
+    drop(late);
+    wait_until("at rest", || server.stats().live == 0);
+    let m = get_metrics(server.metrics_addr().unwrap());
+    let reason = |r: &str| {
+        sample(
+            &m,
+            &format!("poolserver_connections_rejected_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(
+        [
+            reason("queue_full"),
+            reason("queue_timeout"),
+            reason("shutdown"),
+            reason("no_fds")
+        ],
+        [1.0, 1.0, 0.0, 0.0]
+    );
+    let s = server.stats();
+    assert_eq!(s.rejected, 2);
+    assert_eq!(s.rejected_queue_full + s.rejected_queue_timeout, s.rejected);
     server.shutdown(Duration::from_secs(5));
 }
 
