@@ -578,11 +578,20 @@ fn start_prometheus(binary: &PathBuf, target: SocketAddr) -> Prometheus {
     Prometheus { child, web, dir }
 }
 
-/// The value of an instant query, if Prometheus answers and has a sample.
-fn query(web: SocketAddr, promql: &str) -> Option<f64> {
+/// An instant query's JSON answer, if Prometheus answers.
+fn query_json(web: SocketAddr, promql: &str) -> Option<serde_json::Value> {
     let mut s = TcpStream::connect(web).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let path = format!("/api/v1/query?query={promql}");
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let path = format!("/api/v1/query?query={encoded}");
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
@@ -590,9 +599,33 @@ fn query(web: SocketAddr, promql: &str) -> Option<f64> {
     .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    serde_json::from_str(raw.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// The value of an instant query, if Prometheus answers and has a sample.
+fn query(web: SocketAddr, promql: &str) -> Option<f64> {
+    let v = query_json(web, promql)?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Every PromQL expression of `deploy/grafana-dashboard.json`, with the
+/// dashboard's variables filled in as Grafana would.
+fn dashboard_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("a target with an expression")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m")
+        })
+        .collect()
 }
 
 #[test]
@@ -622,6 +655,18 @@ fn a_real_prometheus_scrapes_the_endpoint() {
     assert_eq!(accepted, Some(4.0));
     let busy = query(prom.web, "poolserver_workers_busy");
     assert_eq!(busy, Some(0.0));
+    // The dashboard's queries are valid PromQL over these series.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for q in queries {
+        let answer = query_json(prom.web, &q);
+        let status = answer.as_ref().map(|v| v["status"].clone());
+        assert_eq!(
+            status,
+            Some(serde_json::json!("success")),
+            "{q}: {answer:?}"
+        );
+    }
     drop(prom);
     server.shutdown(Duration::from_secs(5));
 }
