@@ -110,6 +110,10 @@ fn expected(s: &Stats) -> Vec<(&'static str, u64)> {
             "poolserver_connections_ended_early_total{reason=\"io_error\"}",
             s.io_errors,
         ),
+        (
+            "poolserver_connections_ended_early_total{reason=\"proxy_refused\"}",
+            s.proxy_refused,
+        ),
         ("poolserver_accept_errors_total", s.accept_errors),
         ("poolserver_handler_panics_total", s.panics),
         ("poolserver_received_bytes_total", s.bytes_in),
