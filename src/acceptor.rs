@@ -25,7 +25,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, Sender, TrySendError};
 use log::{debug, log, warn, Level};
@@ -72,6 +72,35 @@ pub(crate) struct Acceptor {
     /// With `--proxy-protocol`: peers outside `--proxy-from` are refused
     /// here, before they take a place in the queue.
     pub(crate) gate: Option<Arc<Gate>>,
+    /// Whether the kernel's queue is left to others at shutdown.
+    pub(crate) hand_over: HandOver,
+}
+
+/// At shutdown, connections still in the kernel's queue are taken
+/// (queued while there is room, told `BUSY` otherwise) unless someone else
+/// will serve them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOver {
+    /// Take them: closing the listener would reset them.
+    Never,
+    /// Leave them: the listener was inherited (socket activation) and the
+    /// service manager keeps it open for the next instance.
+    Always,
+    /// `--reuse-port`: leave them if `net.ipv4.tcp_migrate_req` is on (read
+    /// at shutdown), which makes the kernel move them to another process
+    /// listening on the port; take them otherwise.
+    IfMigrating,
+}
+
+impl HandOver {
+    fn leaves_queue(self) -> bool {
+        match self {
+            HandOver::Never => false,
+            HandOver::Always => true,
+            HandOver::IfMigrating => std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+                .is_ok_and(|v| v.trim() == "1"),
+        }
+    }
 }
 
 impl Acceptor {
@@ -106,6 +135,7 @@ impl Acceptor {
             backoff: None,
             error_log: RateLimit::new(ERROR_LOG_INTERVAL),
             gate,
+            hand_over: HandOver::Never,
         };
         Ok((acceptor, waker))
     }
@@ -132,6 +162,17 @@ impl Acceptor {
                 }
                 Err(e) => self.on_error(e),
             }
+        }
+        if self.hand_over.leaves_queue() {
+            debug!(
+                "acceptor stopped: connections still waiting in the kernel are left to {}; \
+                 the listener is closed",
+                match self.hand_over {
+                    HandOver::Always => "the next instance (socket activation)",
+                    _ => "the other processes on the port (tcp_migrate_req)",
+                }
+            );
+            return;
         }
         let (queued, refused) = self.drain_kernel_queue();
         debug!(
@@ -241,6 +282,15 @@ impl Acceptor {
         } else {
             debug_assert_eq!(op.index(), stop);
             let _ = op.recv(self.shutdown.signal());
+            if self.hand_over.leaves_queue() {
+                // The kernel's queue goes to others, but this one was taken
+                // from it already: wait for room while workers still serve.
+                let deadline = self.shutdown.deadline().unwrap_or_else(Instant::now);
+                if let Err(e) = self.queue.send_deadline(job, deadline) {
+                    e.into_inner().reject(Rejection::Shutdown, &self.closer);
+                }
+                return;
+            }
             // Treated like the connections still in the kernel's queue,
             // which arrived after it.
             self.queue_or_refuse(job);

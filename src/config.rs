@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acceptor::HandOver;
 use crate::connection::{Limits, MinRate};
 use crate::error::Error;
 use crate::proxy::{AllowList, ProxySettings, DEFAULT_PROXY_TIMEOUT};
@@ -101,6 +102,9 @@ pub struct ServerBuilder {
     pub(crate) proxy_from: AllowList,
     pub(crate) proxy_timeout: Duration,
     pub(crate) access_log: bool,
+    pub(crate) reuse_port: bool,
+    /// The listener came from socket activation (see `inherited_listener`).
+    pub(crate) inherited: bool,
     pub(crate) monitor_format: MonitorFormat,
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
@@ -174,6 +178,8 @@ impl Default for ServerBuilder {
             proxy_from: AllowList::default(),
             proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             access_log: false,
+            reuse_port: false,
+            inherited: false,
             monitor_format: MonitorFormat::Text,
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -202,6 +208,8 @@ impl fmt::Debug for ServerBuilder {
             .field("proxy_from", &self.proxy_from)
             .field("proxy_timeout", &self.proxy_timeout)
             .field("access_log", &self.access_log)
+            .field("reuse_port", &self.reuse_port)
+            .field("inherited", &self.inherited)
             .field("monitor_interval", &self.monitor_interval)
             .field("monitor_format", &self.monitor_format)
             .field(
@@ -241,6 +249,43 @@ impl ServerBuilder {
     pub fn listener(mut self, listener: TcpListener) -> Self {
         self.listener = Some(listener);
         self
+    }
+
+    /// Serve on a listener passed by systemd socket activation (see
+    /// [`systemd::inherited_listener`](crate::systemd::inherited_listener)).
+    /// Like [`listener`](Self::listener), except at shutdown: connections
+    /// still in the kernel's queue are left there for the next instance
+    /// (the service manager keeps the socket open) instead of being
+    /// answered `BUSY`.
+    pub fn inherited_listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self.inherited = true;
+        self
+    }
+
+    /// Set `SO_REUSEPORT` on the listener, so that several processes (of
+    /// the same user) can listen on one address; the kernel spreads new
+    /// connections over them by a hash of the client's address and port,
+    /// not by load. At shutdown, with `net.ipv4.tcp_migrate_req = 1`,
+    /// connections still in this process's kernel queue are left there for
+    /// the kernel to move to the others; without it they are taken and
+    /// served or answered `BUSY` as usual (README, "Running more than
+    /// one"). Defaults to off; ignored for a listener given ready-made.
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// What happens at shutdown to connections still in the kernel's
+    /// queue.
+    pub(crate) fn hand_over(&self) -> HandOver {
+        if self.inherited {
+            HandOver::Always
+        } else if self.reuse_port && self.listener.is_none() {
+            HandOver::IfMigrating
+        } else {
+            HandOver::Never
+        }
     }
 
     /// Size of the fixed worker pool; must be at least 1. Defaults to the

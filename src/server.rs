@@ -185,12 +185,13 @@ impl Server {
     /// until every thread runs. Called by [`ServerBuilder::start`].
     pub(crate) fn start(b: ServerBuilder) -> Result<Server, Error> {
         let listen_backlog = b.listen_backlog.unwrap_or(b.backlog);
+        let hand_over = b.hand_over();
         let listener = match b.listener {
             Some(ref l) => l.try_clone().map_err(|source| Error::Bind {
                 addr: "the given listener".into(),
                 source,
             })?,
-            None => bind(&b.addr, listen_backlog)?,
+            None => bind(&b.addr, listen_backlog, b.reuse_port)?,
         };
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: b.addr.clone(),
@@ -283,10 +284,11 @@ impl Server {
             server.metrics = Some(endpoint.running(thread));
         }
 
-        let (acceptor, waker) = Acceptor::new(
+        let (mut acceptor, waker) = Acceptor::new(
             listener, queue_tx, b.overflow, counters, shutdown, closer, gate,
         )
         .map_err(Error::Spawn)?;
+        acceptor.hand_over = hand_over;
         server.acceptor_waker = Some(waker);
         server.acceptor = Some(threads.spawn(
             "poolserver-acceptor".into(),
@@ -394,7 +396,7 @@ pub const STARTUP_TARGET: &str = "poolserver::startup";
 
 /// Binds and listens with an explicit kernel backlog, which std's
 /// `TcpListener::bind` does not allow.
-fn bind(addr: &str, listen_backlog: usize) -> Result<TcpListener, Error> {
+fn bind(addr: &str, listen_backlog: usize, reuse_port: bool) -> Result<TcpListener, Error> {
     let bind_err = |source| Error::Bind {
         addr: addr.to_string(),
         source,
@@ -402,7 +404,7 @@ fn bind(addr: &str, listen_backlog: usize) -> Result<TcpListener, Error> {
     let mut last_err = None;
     let addrs = addr.to_socket_addrs().map_err(bind_err)?;
     for sa in addrs {
-        match listen_on(sa, listen_backlog) {
+        match listen_on(sa, listen_backlog, reuse_port) {
             Ok(l) => {
                 warn_if_capped(listen_backlog);
                 return Ok(l);
@@ -418,11 +420,15 @@ fn bind(addr: &str, listen_backlog: usize) -> Result<TcpListener, Error> {
     })))
 }
 
-fn listen_on(addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+fn listen_on(addr: SocketAddr, backlog: usize, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Lets a restarted server bind while old connections sit in TIME_WAIT;
     // it does not let two servers listen on one port.
     socket.set_reuse_address(true)?;
+    // This does (--reuse-port).
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())

@@ -57,6 +57,11 @@ impl Shutdown {
         first
     }
 
+    /// When the grace period ends, once shutdown has begun.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+
     pub(crate) fn has_begun(&self) -> bool {
         self.begun.load(Ordering::Acquire)
     }

@@ -139,6 +139,12 @@ struct Args {
     #[arg(long, env = "POOLSERVER_ACCESS_LOG",
           value_parser = clap::builder::BoolishValueParser::new())]
     access_log: bool,
+
+    /// Set SO_REUSEPORT, so several poolserver processes can listen on one
+    /// address (the kernel spreads connections by hash, not by load)
+    #[arg(long, env = "POOLSERVER_REUSE_PORT",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    reuse_port: bool,
 }
 
 /// `--min-rate-window`'s default. The library has none: its `min_rate`
@@ -231,7 +237,8 @@ fn main() -> ExitCode {
         .proxy_protocol(args.proxy_protocol)
         .proxy_from(args.proxy_from.clone())
         .proxy_timeout(args.proxy_timeout)
-        .access_log(args.access_log);
+        .access_log(args.access_log)
+        .reuse_port(args.reuse_port);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }

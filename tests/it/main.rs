@@ -26,5 +26,8 @@ mod pool;
 mod protocol;
 /// The PROXY protocol: true clients, refusals (`--proxy-protocol`).
 mod proxy;
+/// `--reuse-port`: several processes on one port, one stopped under load
+/// in a private network namespace.
+mod reuse_port;
 /// Graceful shutdown through the library API (§4).
 mod shutdown;

@@ -109,9 +109,14 @@ impl ServerProcess {
 
     /// Like [`start`](Self::start) with a prepared command (environment,
     /// a wrapper such as `prlimit`).
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> ServerProcess {
+    pub fn start_with(cmd: Command, args: &[&str]) -> ServerProcess {
+        Self::start_on(cmd, "127.0.0.1:0", args)
+    }
+
+    /// Like [`start_with`](Self::start_with) on a given address.
+    pub fn start_on(mut cmd: Command, addr: &str, args: &[&str]) -> ServerProcess {
         let mut child = cmd
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", addr])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
