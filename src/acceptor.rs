@@ -74,6 +74,8 @@ pub(crate) struct Acceptor {
     pub(crate) gate: Option<Arc<Gate>>,
     /// Whether the kernel's queue is left to others at shutdown.
     pub(crate) hand_over: HandOver,
+    /// `--max-connections` in event dispatch (see `admission.rs`).
+    pub(crate) max_live: Option<u64>,
 }
 
 /// At shutdown, connections still in the kernel's queue are taken
@@ -114,7 +116,7 @@ impl Acceptor {
         shutdown: Arc<Shutdown>,
         closer: Closer,
         gate: Option<Arc<Gate>>,
-    ) -> io::Result<(Self, Waker)> {
+    ) -> io::Result<(Self, Arc<Waker>)> {
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
         poll.registry().register(
@@ -122,7 +124,7 @@ impl Acceptor {
             LISTENER,
             Interest::READABLE,
         )?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let acceptor = Acceptor {
             listener,
             poll,
@@ -136,6 +138,7 @@ impl Acceptor {
             error_log: RateLimit::new(ERROR_LOG_INTERVAL),
             gate,
             hand_over: HandOver::Never,
+            max_live: None,
         };
         Ok((acceptor, waker))
     }
@@ -145,6 +148,16 @@ impl Acceptor {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(4);
         while !self.shutdown.has_begun() {
+            if self.at_limit() {
+                // Admission: newcomers wait in the kernel's queue until a
+                // close rings the waker (or shutdown does).
+                if let Err(e) = self.poll.poll(&mut events, None) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        self.on_error(e);
+                    }
+                }
+                continue;
+            }
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = None;
@@ -218,6 +231,15 @@ impl Acceptor {
     /// During shutdown: into the accept queue if it has room (true), else
     /// told `BUSY server shutting down` (false). Never waits.
     fn queue_or_refuse(&self, job: Job) -> bool {
+        // Past `--max-connections` (the job itself is already counted):
+        // told BUSY rather than reset with the listener.
+        if self
+            .max_live
+            .is_some_and(|max| self.counters.live_now() > max)
+        {
+            job.reject(Rejection::Shutdown, &self.closer);
+            return false;
+        }
         match self.queue.try_send(job) {
             Ok(()) => {
                 self.counters.note_queued(self.queue.len());
@@ -228,6 +250,14 @@ impl Acceptor {
                 false
             }
         }
+    }
+
+    /// True when `--max-connections` connections are live. Only this
+    /// thread adds live connections, so the answer cannot go stale towards
+    /// overshooting.
+    fn at_limit(&self) -> bool {
+        self.max_live
+            .is_some_and(|max| self.counters.live_now() >= max)
     }
 
     /// Hands a new connection to the queue, or deals with a full queue.

@@ -116,7 +116,8 @@ impl Closer {
     /// Closes a connection without destroying replies in flight: our FIN
     /// now, the close when the client has closed too (or in 2 seconds).
     /// Returns at once.
-    pub(crate) fn close(&self, stream: TcpStream, live: LiveGuard) {
+    pub(crate) fn close(&self, stream: TcpStream, mut live: LiveGuard) {
+        live.enter_closer();
         if stream.shutdown(Shutdown::Write).is_err() {
             return; // reset or gone already: nothing in flight to protect
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::acceptor::HandOver;
+use crate::admission::DEFAULT_MAX_CONNECTIONS;
 use crate::connection::{Limits, MinRate};
 use crate::error::Error;
 use crate::proxy::{AllowList, ProxySettings, DEFAULT_PROXY_TIMEOUT};
@@ -36,6 +37,27 @@ impl fmt::Display for Overflow {
         f.write_str(match self {
             Overflow::Block => "block",
             Overflow::Reject => "reject",
+        })
+    }
+}
+
+/// How connections are handed to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// A worker serves one connection from its first byte to its close.
+    #[default]
+    Connection,
+    /// A worker serves a connection while it has data; an idle connection
+    /// waits in a poller, not on a worker, so far more connections than
+    /// workers are served. Needs an [`EventService`].
+    Event,
+}
+
+impl fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dispatch::Connection => "connection",
+            Dispatch::Event => "event",
         })
     }
 }
@@ -109,6 +131,8 @@ pub struct ServerBuilder {
     pub(crate) monitor_output: Option<Box<dyn Write + Send>>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) service: ServiceKind,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) max_connections: usize,
     pub(crate) read_buffer_size: usize,
     pub(crate) worker_stack_size: usize,
     pub(crate) metrics_addr: Option<String>,
@@ -184,6 +208,8 @@ impl Default for ServerBuilder {
             monitor_output: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             service: ServiceKind::Event(Arc::new(Uppercase)),
+            dispatch: Dispatch::Connection,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             read_buffer_size: DEFAULT_READ_BUFFER,
             worker_stack_size: DEFAULT_WORKER_STACK,
             metrics_addr: None,
@@ -218,6 +244,8 @@ impl fmt::Debug for ServerBuilder {
             )
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("service", &self.service)
+            .field("dispatch", &self.dispatch)
+            .field("max_connections", &self.max_connections)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("worker_stack_size", &self.worker_stack_size)
             .field("metrics_addr", &self.metrics_addr)
@@ -440,6 +468,25 @@ impl ServerBuilder {
         self
     }
 
+    /// How connections are handed to workers. Defaults to
+    /// [`Dispatch::Connection`]. [`Dispatch::Event`] needs an
+    /// [`event_service`](Self::event_service) (the default one is).
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// In event dispatch, the most live connections (accepted and not yet
+    /// closed); at the limit the acceptor stops accepting and newcomers
+    /// wait in the kernel's listen queue. Must be at least 1. Defaults to
+    /// [`DEFAULT_MAX_CONNECTIONS`] (see there why). Not used in connection
+    /// dispatch, where the pool and the accept queue bound live
+    /// connections.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
     /// Bytes read from a client at a time, per worker; must be at least 1.
     /// Defaults to 32 KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
@@ -502,6 +549,15 @@ impl ServerBuilder {
         }
         if self.read_buffer_size == 0 {
             return Err("read buffer size must be at least 1 byte".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max connections must be at least 1".into());
+        }
+        if self.dispatch == Dispatch::Event && matches!(self.service, ServiceKind::Blocking(_)) {
+            return Err("--dispatch event needs an EventService (set with \
+                        ServerBuilder::event_service); a blocking Service runs only in \
+                        connection dispatch"
+                .into());
         }
         Ok(())
     }

@@ -69,14 +69,17 @@
 
 mod acceptor;
 mod access;
+mod admission;
 pub mod client;
 mod closer;
 mod config;
 mod connection;
 mod error;
+mod event;
 pub mod load;
 mod metrics;
 mod monitor;
+mod poller;
 mod pool;
 pub mod protocol;
 mod proxy;
@@ -88,7 +91,8 @@ mod shutdown;
 mod stats;
 
 pub use access::ACCESS_TARGET;
-pub use config::{parse_duration, MonitorFormat, Overflow, ServerBuilder};
+pub use admission::DEFAULT_MAX_CONNECTIONS;
+pub use config::{parse_duration, Dispatch, MonitorFormat, Overflow, ServerBuilder};
 pub use config::{
     DEFAULT_ADDR, DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
     DEFAULT_READ_BUFFER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WORKER_STACK, DEFAULT_WRITE_TIMEOUT,

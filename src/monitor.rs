@@ -36,6 +36,9 @@ struct Report {
     /// Queue-wait percentiles of the interval, in microseconds.
     wait_p50_us: u64,
     wait_p99_us: u64,
+    /// Ready-queue wait percentiles of the interval (event dispatch).
+    ready_wait_p50_us: u64,
+    ready_wait_p99_us: u64,
     last: bool,
 }
 
@@ -55,12 +58,16 @@ enum Shown {
 }
 
 impl Report {
-    fn new(s: &Stats, per_s: [f64; 3], waits: &Histogram<u64>, last: bool) -> Self {
+    fn new(s: &Stats, per_s: [f64; 3], waits: [&Histogram<u64>; 2], last: bool) -> Self {
+        let us = |h: &Histogram<u64>, q: f64| percentile(h, q).as_micros() as u64;
+        let [queue, ready] = waits;
         Report {
             stats: *s,
             per_s,
-            wait_p50_us: percentile(waits, 50.0).as_micros() as u64,
-            wait_p99_us: percentile(waits, 99.0).as_micros() as u64,
+            wait_p50_us: us(queue, 50.0),
+            wait_p99_us: us(queue, 99.0),
+            ready_wait_p50_us: us(ready, 50.0),
+            ready_wait_p99_us: us(ready, 99.0),
             last,
         }
     }
@@ -94,6 +101,20 @@ impl Report {
             ("peak_live", Int(s.peak_live), Everywhere),
         ];
         s.each_listed(|name, v| fields.push((name, Int(v), Everywhere)));
+        fields.extend([
+            (
+                "ready_wait_p50",
+                Text(human_wait(self.ready_wait_p50_us)),
+                Everywhere,
+            ),
+            (
+                "ready_wait_p99",
+                Text(human_wait(self.ready_wait_p99_us)),
+                Everywhere,
+            ),
+            ("ready_wait_p50_us", Int(self.ready_wait_p50_us), JsonOnly),
+            ("ready_wait_p99_us", Int(self.ready_wait_p99_us), JsonOnly),
+        ]);
         fields.push(("bytes_in", Int(s.bytes_in), JsonOnly));
         fields.push(("bytes_out", Int(s.bytes_out), JsonOnly));
         fields
@@ -134,6 +155,7 @@ impl Monitor {
             at: Instant::now(),
             stats: self.counters.snapshot(0),
             waits: self.counters.wait_histogram(),
+            ready_waits: self.counters.ready_wait_histogram(),
         };
         loop {
             select! {
@@ -155,16 +177,20 @@ impl Monitor {
         let mut interval_waits = waits.clone();
         // `waits` only ever grows from `prev.waits`, so this cannot fail.
         let _ = interval_waits.subtract(&prev.waits);
+        let ready_waits = self.counters.ready_wait_histogram();
+        let mut interval_ready = ready_waits.clone();
+        let _ = interval_ready.subtract(&prev.ready_waits);
         let per_s = [
             rate(stats.accepted, prev.stats.accepted),
             rate(stats.bytes_in, prev.stats.bytes_in),
             rate(stats.bytes_out, prev.stats.bytes_out),
         ];
-        let report = Report::new(&stats, per_s, &interval_waits, last);
+        let report = Report::new(&stats, per_s, [&interval_waits, &interval_ready], last);
         *prev = Previous {
             at: now,
             stats,
             waits,
+            ready_waits,
         };
         match self.format {
             MonitorFormat::Text => info!("{}", text_line(&report)),
@@ -195,6 +221,7 @@ struct Previous {
     at: Instant,
     stats: Stats,
     waits: Histogram<u64>,
+    ready_waits: Histogram<u64>,
 }
 
 /// The `key=value` line, fields in the contract's order.
@@ -236,7 +263,7 @@ mod tests {
         let c = Counters::new(8, 1024);
         let mut waits = crate::stats::new_wait_histogram();
         waits.record(1500).unwrap();
-        let r = Report::new(&c.snapshot(0), [0.0; 3], &waits, false);
+        let r = Report::new(&c.snapshot(0), [0.0; 3], [&waits, &waits], false);
         let line = text_line(&r);
         assert!(
             line.starts_with(
@@ -246,6 +273,10 @@ mod tests {
         );
         assert!(line.contains(" wait_p50=1.5ms wait_p99=1.5ms "), "{line}");
         assert!(line.contains(" panics=0"), "{line}");
+        assert!(
+            line.ends_with(" parked=0 ready=0 ready_wait_p50=1.5ms ready_wait_p99=1.5ms"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -254,7 +285,7 @@ mod tests {
         let r = Report::new(
             &c.snapshot(1),
             [1.5, 0.0, 0.0],
-            &crate::stats::new_wait_histogram(),
+            [&crate::stats::new_wait_histogram(); 2],
             true,
         );
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
@@ -266,6 +297,9 @@ mod tests {
         assert_eq!(v["queued"], 1);
         assert_eq!(v["final"], true);
         assert!(v["wait_p99_us"].is_u64());
+        for key in ["parked", "ready", "ready_wait_p50_us", "ready_wait_p99_us"] {
+            assert!(v[key].is_u64(), "{key} in {v}");
+        }
     }
 
     #[test]
@@ -276,7 +310,7 @@ mod tests {
         let r = Report::new(
             &c.snapshot(0),
             [0.25, 10.4, 7.0],
-            &crate::stats::new_wait_histogram(),
+            [&crate::stats::new_wait_histogram(); 2],
             true,
         );
         // Counters added to the list later come after these, before `final`.

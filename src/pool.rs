@@ -26,7 +26,7 @@ use crate::proxy::{Admitted, Gate};
 use crate::queue::Job;
 use crate::service::{Buffers, ServiceKind};
 use crate::shutdown::Shutdown;
-use crate::stats::{BusyGuard, Counters, LiveGuard, Rejection};
+use crate::stats::{BusyGuard, Counters, LiveGuard};
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -92,23 +92,14 @@ impl PoolContext {
 
     /// Serves (or turns away) one connection, whatever happens inside.
     fn handle(&self, id: usize, job: Job, bufs: &mut Buffers, queue: &Receiver<Job>) {
-        let waited = job.accepted_at.elapsed();
-        if self.shutdown.deadline_passed() {
-            // Still queued at the deadline means closed unserved (README,
-            // Shutdown).
-            job.reject(Rejection::Shutdown, &self.closer);
+        let Some(job) = job.admit(
+            &self.shutdown,
+            self.queue_timeout,
+            &self.counters,
+            &self.closer,
+        ) else {
             return;
-        }
-        if self.queue_timeout.is_some_and(|limit| waited > limit) {
-            debug!(
-                "{} waited {} in the accept queue; turning it away",
-                job.peer,
-                humantime::format_duration(round_ms(waited))
-            );
-            job.reject(Rejection::QueueTimeout, &self.closer);
-            return;
-        }
-        self.counters.record_wait(waited);
+        };
 
         // The worker is busy until it hands the socket to the closer; the
         // connection stays live until the closer has closed it.
@@ -119,9 +110,6 @@ impl PoolContext {
             ..
         } = job;
         let busy = BusyGuard::new(&self.counters);
-        if let Some(access) = live.access() {
-            access.waited(waited);
-        }
 
         // With --proxy-protocol, the header first: the true client, and
         // the bytes that came after the header in the same read.
@@ -218,7 +206,7 @@ impl PoolContext {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -11,13 +11,15 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use log::debug;
 
 use crate::closer::{write_busy, Closer};
 use crate::connection::Pressure;
 use crate::protocol::{BUSY_FULL, BUSY_NO_FDS, BUSY_SHUTDOWN, BUSY_WAITED};
+use crate::shutdown::Shutdown;
 use crate::stats::{Counters, LiveGuard, Rejection};
 
 /// One accepted connection on its way to a worker.
@@ -46,6 +48,39 @@ impl Job {
             accepted_at: Instant::now(),
             live: LiveGuard::new(counters, peer),
         }
+    }
+
+    /// A worker has reached this connection: the rules of both dispatch
+    /// modes. Still queued at the shutdown deadline means closed unserved
+    /// (README, Shutdown); waited past `--queue-timeout` means told `BUSY`.
+    /// Otherwise the wait is recorded (in the counters and the access
+    /// record) and the job comes back, to be served.
+    pub(crate) fn admit(
+        mut self,
+        shutdown: &Shutdown,
+        queue_timeout: Option<Duration>,
+        counters: &Counters,
+        closer: &Closer,
+    ) -> Option<Job> {
+        let waited = self.accepted_at.elapsed();
+        if shutdown.deadline_passed() {
+            self.reject(Rejection::Shutdown, closer);
+            return None;
+        }
+        if queue_timeout.is_some_and(|limit| waited > limit) {
+            debug!(
+                "{} waited {} in the accept queue; turning it away",
+                self.peer,
+                humantime::format_duration(Duration::from_millis(waited.as_millis() as u64))
+            );
+            self.reject(Rejection::QueueTimeout, closer);
+            return None;
+        }
+        counters.record_wait(waited);
+        if let Some(access) = self.live.access() {
+            access.waited(waited);
+        }
+        Some(self)
     }
 
     /// Turns the connection away with the `BUSY` line for `why` and counts

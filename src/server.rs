@@ -22,14 +22,19 @@ use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::Acceptor;
+use crate::admission::{raise_fd_limit, Admission};
 use crate::closer::Closer;
-use crate::config::ServerBuilder;
+use crate::config::{Dispatch, ServerBuilder};
 use crate::error::Error;
+use crate::event::EventPool;
 use crate::metrics::{http::Endpoint, Exporter};
 use crate::monitor::Monitor;
+use crate::poller::Poller;
 use crate::pool::{PoolContext, Worker};
 use crate::proxy::Gate;
+use crate::queue::Job;
 use crate::queue::{self, QueueLen};
+use crate::service::ServiceKind;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
 
@@ -73,9 +78,11 @@ pub struct Server {
     queue: QueueLen,
     /// Rung at shutdown to wake the acceptor, which then empties the
     /// kernel's queue and closes the listener.
-    acceptor_waker: Option<Waker>,
+    acceptor_waker: Option<Arc<Waker>>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<Worker>,
+    /// Event dispatch's poller thread.
+    poller: Option<JoinHandle<()>>,
     /// Exits once every worker and the acceptor are gone and the last
     /// lingering close is done.
     closer: Option<JoinHandle<()>>,
@@ -133,6 +140,9 @@ impl Server {
         }
         for worker in self.workers.drain(..) {
             worker.join();
+        }
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
         }
         if let Some(closer) = self.closer.take() {
             let _ = closer.join();
@@ -213,6 +223,7 @@ impl Server {
             acceptor_waker: None,
             acceptor: None,
             workers: Vec::with_capacity(b.workers),
+            poller: None,
             closer: None,
             monitor: None,
             metrics: None,
@@ -234,20 +245,32 @@ impl Server {
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
             limits: b.limits(),
-            service: b.service,
+            service: b.service.clone(),
             queue_timeout: b.queue_timeout,
             read_buffer_size: b.read_buffer_size,
             closer: closer.clone(),
         });
-        for id in 0..b.workers {
-            let (ctx, queue) = (Arc::clone(&ctx), queue_rx.clone());
-            let thread = threads.spawn(
-                format!("poolserver-worker-{id}"),
-                Some(b.worker_stack_size),
-                Holds::Done,
-                move || ctx.run(id, &queue),
-            )?;
-            server.workers.push(Worker::new(id, thread));
+        let event = b.dispatch == Dispatch::Event;
+        raise_fd_limit(event.then_some(b.max_connections), b.workers);
+        if event {
+            server.poller = Some(start_event_pool(
+                &b,
+                &mut threads,
+                &mut server.workers,
+                &ctx,
+                &queue_rx,
+            )?);
+        } else {
+            for id in 0..b.workers {
+                let (ctx, queue) = (Arc::clone(&ctx), queue_rx.clone());
+                let thread = threads.spawn(
+                    format!("poolserver-worker-{id}"),
+                    Some(b.worker_stack_size),
+                    Holds::Done,
+                    move || ctx.run(id, &queue),
+                )?;
+                server.workers.push(Worker::new(id, thread));
+            }
         }
 
         if let Some(interval) = b.monitor_interval {
@@ -284,11 +307,25 @@ impl Server {
             server.metrics = Some(endpoint.running(thread));
         }
 
+        let max_live = event.then_some(b.max_connections as u64);
         let (mut acceptor, waker) = Acceptor::new(
-            listener, queue_tx, b.overflow, counters, shutdown, closer, gate,
+            listener,
+            queue_tx,
+            b.overflow,
+            Arc::clone(&counters),
+            shutdown,
+            closer,
+            gate,
         )
         .map_err(Error::Spawn)?;
         acceptor.hand_over = hand_over;
+        acceptor.max_live = max_live;
+        if let Some(max) = max_live {
+            counters.set_admission(Admission {
+                max,
+                waker: Arc::clone(&waker),
+            });
+        }
         server.acceptor_waker = Some(waker);
         server.acceptor = Some(threads.spawn(
             "poolserver-acceptor".into(),
@@ -303,10 +340,15 @@ impl Server {
         info!(
             target: STARTUP_TARGET,
             "listening on {local_addr} with {} workers, accept queue capacity {} \
-             (listen backlog {listen_backlog}, overflow {}){}",
+             (listen backlog {listen_backlog}, overflow {}), dispatch {}{}{}",
             b.workers,
             b.backlog,
             b.overflow,
+            b.dispatch,
+            match max_live {
+                Some(max) => format!(", max connections {max}"),
+                None => String::new(),
+            },
             match &proxy {
                 Some(p) => format!(
                     "; PROXY protocol required, from {} within {}",
@@ -318,6 +360,55 @@ impl Server {
         );
         Ok(server)
     }
+}
+
+/// Starts event dispatch's workers on `accept` and its poller thread
+/// (returned). Both hold `done`, so the final report waits for them.
+fn start_event_pool(
+    b: &ServerBuilder,
+    threads: &mut Threads,
+    workers: &mut Vec<Worker>,
+    ctx: &PoolContext,
+    accept: &Receiver<Job>,
+) -> Result<JoinHandle<()>, Error> {
+    let ServiceKind::Event(service) = &b.service else {
+        // `ServerBuilder::validate` refuses this combination first.
+        return Err(Error::Config(
+            "--dispatch event needs an EventService".into(),
+        ));
+    };
+    let limits = b.limits();
+    // Unbounded, so the poller never blocks on a worker; it holds at most
+    // the live connections, which --max-connections bounds.
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let (poller, parking) = Poller::new(
+        ready_tx,
+        Arc::clone(&ctx.counters),
+        Arc::clone(&ctx.shutdown),
+        limits.idle_timeout,
+    )
+    .map_err(Error::Spawn)?;
+    let pool = Arc::new(EventPool::new(
+        ctx,
+        Arc::clone(service),
+        parking,
+        accept.clone(),
+        ready_rx,
+    ));
+    for id in 0..b.workers {
+        let local = pool.local(id).map_err(Error::Spawn)?;
+        let pool = Arc::clone(&pool);
+        let thread = threads.spawn(
+            format!("poolserver-worker-{id}"),
+            Some(b.worker_stack_size),
+            Holds::Done,
+            move || pool.run(local),
+        )?;
+        workers.push(Worker::new(id, thread));
+    }
+    threads.spawn("poolserver-poller".into(), None, Holds::Done, move || {
+        poller.run()
+    })
 }
 
 /// Whether a thread holds a clone of the `done` sender while it runs.

@@ -19,8 +19,8 @@
 //! one cache line.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::access::{Access, Ending};
+use crate::admission::Admission;
 use crate::ratelimit::RateLimit;
 
 /// The one list of the server's plain counters and gauges.
@@ -110,6 +111,14 @@ macro_rules! listed {
             /// 99th percentile of the accept-queue wait, since start.
             #[serde(serialize_with = "as_micros")]
             pub wait_p99: Duration,
+            /// Event dispatch: median time a readable connection waited in
+            /// the ready queue for a worker, since start (zero in connection
+            /// dispatch).
+            #[serde(serialize_with = "as_micros")]
+            pub ready_wait_p50: Duration,
+            /// Event dispatch: 99th percentile of that wait, since start.
+            #[serde(serialize_with = "as_micros")]
+            pub ready_wait_p99: Duration,
         }
 
         impl Stats {
@@ -173,6 +182,12 @@ listed! {
     /// Of the rejected, turned away because the server was out of file
     /// descriptors.
     rejected_no_fds: Count => rejected_no_fds;
+    /// Event dispatch: idle connections waiting in the poller, not on a
+    /// worker (0 in connection dispatch).
+    parked: Gauge => parked;
+    /// Event dispatch: readable connections waiting in the ready queue for
+    /// a worker (0 in connection dispatch).
+    ready: Gauge => ready;
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -196,10 +211,8 @@ impl Count {
 /// A number of things present now (connections in some state), moved
 /// only by [`GaugeGuard`]s.
 #[derive(Debug, Default)]
-#[allow(dead_code)] // no gauge is listed yet
 pub(crate) struct Gauge(AtomicU64);
 
-#[allow(dead_code)] // no gauge is listed yet
 impl Gauge {
     fn get(&self) -> u64 {
         self.0.load(Relaxed)
@@ -211,13 +224,11 @@ impl Gauge {
 /// `parked: Gauge => parked;`. Owns an `Arc`, so it can travel with a
 /// connection.
 #[derive(Debug)]
-#[allow(dead_code)] // no gauge is listed yet
 pub(crate) struct GaugeGuard {
     counters: Arc<Counters>,
     gauge: fn(&Counters) -> &Gauge,
 }
 
-#[allow(dead_code)] // no gauge is listed yet
 impl GaugeGuard {
     pub(crate) fn new(counters: &Arc<Counters>, gauge: fn(&Counters) -> &Gauge) -> Self {
         gauge(counters).0.fetch_add(1, Relaxed);
@@ -301,6 +312,15 @@ pub(crate) struct Counters {
     /// The counters of the list above.
     listed: Listed,
     io: Box<[CachePadded<WorkerIo>]>,
+    /// Connections accepted and not yet handed to the closer: what event
+    /// dispatch waits for before its workers and poller may stop.
+    outside_closer: AtomicUsize,
+    /// Event dispatch: ready-queue waits in microseconds, one histogram per
+    /// worker (recorded on every hand-off, so one shared lock would be
+    /// contended); snapshots and the monitor merge them.
+    ready_wait: Box<[CachePadded<Mutex<Histogram<u64>>>]>,
+    /// `--max-connections`: wakes the acceptor when a close makes room.
+    admission: OnceLock<Admission>,
     /// Accept-queue waits in microseconds. Recorded once per connection, so
     /// a lock is cheap here; the monitor diffs two copies for its interval.
     queue_wait: Mutex<Histogram<u64>>,
@@ -350,6 +370,11 @@ impl Counters {
             listed: Listed::default(),
             access_log: false,
             io: (0..workers).map(|_| CachePadded::default()).collect(),
+            outside_closer: AtomicUsize::new(0),
+            ready_wait: (0..workers)
+                .map(|_| CachePadded::new(Mutex::new(new_wait_histogram())))
+                .collect(),
+            admission: OnceLock::new(),
             queue_wait: Mutex::new(new_wait_histogram()),
             saturated: AtomicBool::new(false),
             saturation_log: Mutex::new(SaturationLog {
@@ -370,6 +395,39 @@ impl Counters {
     /// The byte counters of worker `id`.
     pub(crate) fn worker_io(&self, id: usize) -> &WorkerIo {
         &self.io[id]
+    }
+
+    /// Live connections now: the gauge, one load (a snapshot derives the
+    /// same figure from three counters).
+    pub(crate) fn live_now(&self) -> u64 {
+        self.live.load(Relaxed)
+    }
+
+    /// Connections accepted and not yet handed to the closer.
+    pub(crate) fn outside_closer(&self) -> usize {
+        self.outside_closer.load(SeqCst)
+    }
+
+    /// Installs `--max-connections` admission (once, at start).
+    pub(crate) fn set_admission(&self, admission: Admission) {
+        let _ = self.admission.set(admission);
+    }
+
+    /// Worker `id` took a connection that waited `waited` in the ready
+    /// queue.
+    pub(crate) fn record_ready_wait(&self, id: usize, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.ready_wait[id].lock().saturating_record(us.max(1));
+    }
+
+    /// The ready-queue wait histogram since start, all workers merged.
+    pub(crate) fn ready_wait_histogram(&self) -> Histogram<u64> {
+        let mut all = new_wait_histogram();
+        for h in self.ready_wait.iter() {
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = all.add(&*h.lock());
+        }
+        all
     }
 
     pub(crate) fn note_queued(&self, queued: usize) {
@@ -430,6 +488,7 @@ impl Counters {
             let h = self.queue_wait.lock();
             (percentile(&h, 50.0), percentile(&h, 99.0))
         };
+        let ready_waits = self.ready_wait_histogram();
         Stats {
             busy,
             workers: self.workers,
@@ -446,6 +505,8 @@ impl Counters {
             peak_live: self.peak_live.load(Relaxed).max(live),
             wait_p50,
             wait_p99,
+            ready_wait_p50: percentile(&ready_waits, 50.0),
+            ready_wait_p99: percentile(&ready_waits, 99.0),
             ..Stats::default()
         }
         .with_listed(&self.listed)
@@ -479,6 +540,8 @@ pub(crate) struct LiveGuard {
     outcome: Outcome,
     /// With `--access-log`: the connection's record, logged at the drop.
     access: Option<Box<Access>>,
+    /// Set once the closer owns the connection (see `outside_closer`).
+    in_closer: bool,
 }
 
 impl LiveGuard {
@@ -486,12 +549,23 @@ impl LiveGuard {
         counters
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+        counters.outside_closer.fetch_add(1, SeqCst);
         let live = counters.live.fetch_add(1, Relaxed) + 1;
         counters.peak_live.fetch_max(live, Relaxed);
         LiveGuard {
             counters: Arc::clone(counters),
             outcome: Outcome::Closed,
             access: counters.access_log.then(|| Box::new(Access::new(peer))),
+            in_closer: false,
+        }
+    }
+
+    /// The closer has taken the connection over: it no longer keeps event
+    /// dispatch's workers and poller running. Sequentially consistent, as
+    /// is the flag event dispatch checks it against (see `event.rs`).
+    pub(crate) fn enter_closer(&mut self) {
+        if !std::mem::replace(&mut self.in_closer, true) {
+            self.counters.outside_closer.fetch_sub(1, SeqCst);
         }
     }
 
@@ -519,7 +593,11 @@ impl Drop for LiveGuard {
         if let Some(access) = &self.access {
             access.log();
         }
-        self.counters.live.fetch_sub(1, Relaxed);
+        self.enter_closer();
+        let before = self.counters.live.fetch_sub(1, Relaxed);
+        if let Some(admission) = self.counters.admission.get() {
+            admission.released(before);
+        }
         let c = &self.counters;
         let counter = match self.outcome {
             Outcome::Closed => &c.closed,

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use log::{info, LevelFilter};
-use poolserver::{parse_duration, AllowList, Echo, MonitorFormat, Overflow, Server, Uppercase};
+use poolserver::{
+    parse_duration, AllowList, Dispatch, Echo, MonitorFormat, Overflow, Server, Uppercase,
+};
 use poolserver::{
     DEFAULT_BACKLOG, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_PROXY_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
@@ -106,6 +108,19 @@ struct Args {
     #[arg(long, env = "POOLSERVER_METRICS_ADDR")]
     metrics_addr: Option<String>,
 
+    /// connection: a worker serves one connection from first byte to close;
+    /// event: a worker serves a connection while it has data and idle ones
+    /// wait in a poller, so far more connections than workers are served
+    #[arg(long, env = "POOLSERVER_DISPATCH", value_enum, default_value_t = DispatchArg::Connection)]
+    dispatch: DispatchArg,
+
+    /// With --dispatch event, the most live connections; at the limit new
+    /// ones wait in the kernel's listen queue
+    #[arg(long, env = "POOLSERVER_MAX_CONNECTIONS",
+          default_value_t = poolserver::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
     /// What workers do with a connection: the uppercase loop, or plain echo
     /// (the transform switched off, to measure the I/O ceiling)
     #[arg(long, env = "POOLSERVER_SERVICE", value_enum, default_value_t = ServiceArg::Uppercase)]
@@ -180,6 +195,12 @@ enum LevelArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum DispatchArg {
+    Connection,
+    Event,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ServiceArg {
     Uppercase,
     Echo,
@@ -248,6 +269,12 @@ fn main() -> ExitCode {
     if let Some(addr) = &args.metrics_addr {
         builder = builder.metrics_addr(addr.clone());
     }
+    builder = builder
+        .dispatch(match args.dispatch {
+            DispatchArg::Connection => Dispatch::Connection,
+            DispatchArg::Event => Dispatch::Event,
+        })
+        .max_connections(args.max_connections as usize);
     builder = match args.service {
         ServiceArg::Uppercase => builder.event_service(Uppercase),
         ServiceArg::Echo => builder.event_service(Echo),

@@ -36,6 +36,17 @@ pub(super) fn render(r: &Report) -> String {
         human_wait(r.wait_p50_us),
         human_wait(r.wait_p99_us),
     );
+    // Event dispatch only: idle connections in the poller and readable
+    // ones waiting for a worker.
+    if s.parked > 0 || s.ready > 0 || r.ready_wait_p99_us > 0 {
+        let _ = write!(
+            out,
+            "  parked {} ready {} (wait p99 {})",
+            s.parked,
+            s.ready,
+            human_wait(r.ready_wait_p99_us)
+        );
+    }
     if r.last {
         out.push_str("  (final)");
     }
@@ -115,7 +126,7 @@ mod tests {
         for &w in waits_us {
             h.record(w).unwrap();
         }
-        Report::new(&s, per_s, &h, false)
+        Report::new(&s, per_s, [&h, &new_wait_histogram()], false)
     }
 
     #[test]
@@ -157,6 +168,21 @@ mod tests {
             "workers [#.........] 1/8  queue [..........] 0/1024  live 1  0.0 conn/s  \
              in 0 B/s  out 0 B/s  wait p50 0us p99 0us  (final)\n  since start:  rejected 3 \
              (queue_full 2, shutdown 1)  idle 2"
+        );
+    }
+
+    #[test]
+    fn event_dispatch_adds_parked_and_ready() {
+        let mut s = Counters::new(2, 4).snapshot(0);
+        s.parked = 300;
+        s.ready = 2;
+        let mut ready = new_wait_histogram();
+        ready.record(1500).unwrap();
+        let r = Report::new(&s, [0.0; 3], [&new_wait_histogram(), &ready], false);
+        assert!(
+            render(&r).contains("  parked 300 ready 2 (wait p99 1.5ms)"),
+            "{}",
+            render(&r)
         );
     }
 }

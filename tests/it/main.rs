@@ -14,6 +14,8 @@ mod attack;
 mod cli;
 /// The `poolclient` binary (§5).
 mod client;
+/// Event dispatch: more connections than workers, parking, admission.
+mod event;
 /// The fuzz corpus, replayed through the fuzz target's checks on stable.
 mod fuzz_replay;
 /// The `poolload` load generator (§6).

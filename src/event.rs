@@ -1,0 +1,580 @@
+//! Event dispatch's workers (`--dispatch event`): a worker serves a
+//! connection while it has data, and parks it with the poller when it has
+//! none, so far more connections than workers are served.
+//!
+//! A worker takes jobs from two queues: new connections from the accept
+//! queue (admitted by the same rules as connection mode: `--queue-timeout`,
+//! `BUSY` past the shutdown deadline) and readable ones from the ready
+//! queue. It serves one *slice* at a time, holding the busy gauge only
+//! then: read, [`Session::on_data`], write, again, until
+//!
+//! * the read would block: if nobody waits for a worker it waits up to
+//!   [`PARK_GRACE`] for more data on a small epoll of its own (a
+//!   ping-pong client's next message usually arrives sooner than a round
+//!   trip through the poller would take, so with no more clients than
+//!   workers this mode behaves like connection mode); otherwise, or when
+//!   the grace runs out, it parks the connection;
+//! * the slice budget ([`SLICE_READS`] reads or [`SLICE_BYTES`] bytes) is
+//!   spent while others wait: the connection goes to the tail of the ready
+//!   queue (not parked: unread data raises no new edge), which is what keeps
+//!   a bulk stream from starving ping-pong clients; with nobody waiting the
+//!   budget starts again and the stream keeps its worker;
+//! * the stream ends (end of stream, `exit`, an idle or shutdown deadline
+//!   the poller reported, the minimum rate): [`Session::on_end`] answers
+//!   what is held, and the closer does the lingering close.
+//!
+//! Writes are non-blocking first; a client that does not read fast enough
+//! gets connection mode's blocking write (the socket is switched to
+//! blocking for it) with the write-timeout slices, so the worker stays with
+//! that connection until the write completes or times out, as in httpd's
+//! event MPM. Parking for writability is left for later.
+//!
+//! A panic in the service is caught per slice: that connection is closed,
+//! the panic counted, the worker goes on.
+//!
+//! The pool ends when the acceptor is gone and no connection is left
+//! outside the closer; channel disconnection cannot tell (workers
+//! themselves hold senders of the ready queue), so connections are counted
+//! (`Counters::outside_closer`).
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use parking_lot::Mutex;
+
+use crate::access::Ending;
+use crate::closer::Closer;
+use crate::connection::{is_write_stall, Connection, End, Limits, Pressure};
+use crate::poller::{Conn, Parking, Why};
+use crate::pool::PoolContext;
+use crate::proxy::Gate;
+use crate::queue::Job;
+use crate::service::{Buffers, EventService, Flow};
+use crate::shutdown::Shutdown;
+use crate::stats::{BusyGuard, Counters, LiveGuard, WorkerIo};
+
+/// How long a worker with nothing else to do waits for more data before it
+/// parks a connection. Chosen by measurement (see the README's event
+/// dispatch figures): long enough to cover a ping-pong client's think time
+/// on a loaded two-core machine, short enough that a connection arriving
+/// meanwhile waits little (a worker in its grace does not watch the
+/// queues).
+pub(crate) const PARK_GRACE: Duration = Duration::from_millis(2);
+
+/// Reads per slice before a connection gives way to waiting ones.
+pub(crate) const SLICE_READS: u32 = 16;
+/// Bytes per slice before a connection gives way to waiting ones.
+pub(crate) const SLICE_BYTES: usize = 256 * 1024;
+
+/// What every event worker shares.
+#[derive(Debug)]
+pub(crate) struct EventPool {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    pub(crate) service: Arc<dyn EventService>,
+    pub(crate) limits: Limits,
+    /// `None` when connections may wait in the accept queue as long as it
+    /// takes.
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) closer: Closer,
+    /// With `--proxy-protocol`: the header is read before the first slice.
+    pub(crate) gate: Option<Arc<Gate>>,
+    pub(crate) parking: Arc<Parking>,
+    pub(crate) accept: Receiver<Job>,
+    pub(crate) ready: Receiver<crate::poller::Ready>,
+    pub(crate) grace: Duration,
+    /// Set by the first worker that finds the accept queue closed and empty.
+    accept_closed: AtomicBool,
+    /// Dropped when the pool has finished, which wakes every idle worker.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+}
+
+/// What a slice ended with.
+enum Next {
+    Park,
+    Yield,
+    /// To the closer; how it ended, for the access log.
+    Close(Ending),
+}
+
+impl Pressure for EventPool {
+    fn others_waiting(&self) -> bool {
+        !self.ready.is_empty() || !self.accept.is_empty()
+    }
+}
+
+impl EventPool {
+    /// The event pool over connection mode's shared settings (`ctx`),
+    /// running `service`.
+    pub(crate) fn new(
+        ctx: &PoolContext,
+        service: Arc<dyn EventService>,
+        parking: Arc<Parking>,
+        accept: Receiver<Job>,
+        ready: Receiver<crate::poller::Ready>,
+    ) -> Self {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        EventPool {
+            counters: Arc::clone(&ctx.counters),
+            shutdown: Arc::clone(&ctx.shutdown),
+            service,
+            limits: ctx.limits.clone(),
+            queue_timeout: ctx.queue_timeout,
+            read_buffer_size: ctx.read_buffer_size,
+            closer: ctx.closer.clone(),
+            gate: ctx.gate.clone(),
+            parking,
+            accept,
+            ready,
+            grace: PARK_GRACE,
+            accept_closed: AtomicBool::new(false),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+        }
+    }
+
+    /// What worker `id` owns (made before its thread starts, so a failure
+    /// to create its epoll is a start-up error).
+    pub(crate) fn local(&self, id: usize) -> io::Result<Local> {
+        Ok(Local {
+            id,
+            bufs: Buffers::new(self.read_buffer_size),
+            grace: GraceWait::new()?,
+        })
+    }
+
+    /// The worker loop.
+    pub(crate) fn run(&self, mut local: Local) {
+        let local = &mut local;
+        let never = crossbeam_channel::never();
+        let mut accept_open = true;
+        loop {
+            let accept = if accept_open { &self.accept } else { &never };
+            select! {
+                recv(self.ready) -> item => {
+                    if let Ok(item) = item {
+                        self.counters.record_ready_wait(local.id, item.since.elapsed());
+                        drop(item.in_queue);
+                        self.serve(local, item.conn, item.why, &[]);
+                    }
+                }
+                recv(accept) -> job => match job {
+                    Ok(job) => {
+                        self.serve_new(local, job);
+                        if self.accept.is_empty() {
+                            if let Some(lasted) = self.counters.end_saturation() {
+                                info!(
+                                    "a worker is free again and nothing waits: saturation over \
+                                     after {}",
+                                    humantime::format_duration(Duration::from_millis(
+                                        lasted.as_millis() as u64
+                                    ))
+                                );
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        accept_open = false;
+                        self.accept_closed.store(true, Ordering::SeqCst);
+                        self.check_finished();
+                    }
+                },
+                recv(self.stop_rx) -> _ => break,
+            }
+        }
+        debug!(
+            "event worker {} exiting: every connection is closed",
+            local.id
+        );
+    }
+
+    /// Ends the pool once the acceptor is gone and every connection has
+    /// reached the closer. Both sides of that race use sequentially
+    /// consistent operations (the flag here, the count in `LiveGuard`), so
+    /// whichever happens last sees the other.
+    fn check_finished(&self) {
+        if self.accept_closed.load(Ordering::SeqCst) && self.counters.outside_closer() == 0 {
+            if let Some(tx) = self.stop_tx.lock().take() {
+                drop(tx);
+                self.parking.stop();
+                debug!("event dispatch finished: the acceptor is gone, every connection closed");
+            }
+        }
+    }
+
+    /// A new connection from the accept queue: connection mode's admission
+    /// rules, then its first slice.
+    fn serve_new(&self, local: &mut Local, job: Job) {
+        let Some(job) = job.admit(
+            &self.shutdown,
+            self.queue_timeout,
+            &self.counters,
+            &self.closer,
+        ) else {
+            return self.check_finished();
+        };
+        let Job {
+            stream,
+            peer,
+            accepted_at,
+            mut live,
+        } = job;
+        // With --proxy-protocol, the header first (a blocking read bounded
+        // by --proxy-timeout, as in connection mode; the socket is still
+        // blocking here): the true client, and what came after the header.
+        let (peer, leftover) = match &self.gate {
+            None => (peer, Vec::new()),
+            Some(gate) => match gate.admit(&stream, peer) {
+                Ok(admitted) => {
+                    if let Some(access) = live.access() {
+                        access.proxied(admitted.client);
+                    }
+                    (admitted.client, admitted.leftover)
+                }
+                Err(why) => {
+                    gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
+                    return self.check_finished();
+                }
+            },
+        };
+        if let Err(e) = stream
+            .set_nonblocking(true)
+            .and_then(|()| stream.set_nodelay(true))
+        {
+            debug!("{peer}: cannot set the socket up: {e}");
+            self.counters.io_error();
+            drop((stream, live));
+            return self.check_finished();
+        }
+        let session = match catch_unwind(AssertUnwindSafe(|| self.service.open(peer))) {
+            Ok(session) => session,
+            Err(panic) => {
+                self.counters.panic();
+                if let Some(access) = live.access() {
+                    access.ended(Ending::Panic);
+                }
+                error!(
+                    "the service panicked opening {peer}: {}; that connection is closed",
+                    crate::pool::panic_message(&*panic)
+                );
+                self.closer.close(stream, live);
+                return self.check_finished();
+            }
+        };
+        let now = Instant::now();
+        let conn = Conn {
+            stream,
+            peer,
+            live,
+            accepted_at,
+            session,
+            last_data: now,
+            window_start: now,
+            window_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        self.serve(local, conn, Why::Readable, &leftover);
+    }
+
+    /// Serves one slice of `conn` and hands it on: parked, back to the
+    /// ready queue, or to the closer.
+    /// `first`: bytes read before the slice (after a PROXY header), served
+    /// before anything else.
+    fn serve(&self, local: &mut Local, mut conn: Conn, why: Why, first: &[u8]) {
+        let busy = BusyGuard::new(&self.counters);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if !first.is_empty() && self.feed(local, &mut conn, first)? == Flow::Close {
+                return Ok(Next::Close(Ending::Exit));
+            }
+            self.slice(local, &mut conn, why)
+        }));
+        // Out of the worker's own epoll before it goes anywhere else.
+        local.grace.release();
+        match outcome {
+            Ok(Ok(Next::Park)) => {
+                if let Err((conn, e)) = self.parking.park(conn) {
+                    warn!(
+                        "{}: cannot park the connection ({e}); closing it",
+                        conn.peer
+                    );
+                    self.close(conn, Ending::Error);
+                }
+            }
+            Ok(Ok(Next::Yield)) => self.parking.push(conn, Why::Yield),
+            Ok(Ok(Next::Close(ending))) => self.close(conn, ending),
+            Ok(Err(e)) => {
+                let ending = if is_write_stall(&e) {
+                    warn!("{}: {e}; closing the connection", conn.peer);
+                    self.counters.write_timeout();
+                    Ending::WriteTimeout
+                } else {
+                    debug!("{}: connection ended with an error: {e}", conn.peer);
+                    self.counters.io_error();
+                    Ending::Error
+                };
+                // Broken: dropped, not lingered over.
+                drop(self.account(conn, ending));
+            }
+            Err(panic) => {
+                self.counters.panic();
+                error!(
+                    "worker {}: the service panicked serving {}: {}; that connection is \
+                     closed, the worker goes on",
+                    local.id,
+                    conn.peer,
+                    crate::pool::panic_message(&*panic)
+                );
+                local.bufs.output.clear();
+                self.close(conn, Ending::Panic);
+            }
+        }
+        drop(busy);
+        self.check_finished();
+    }
+
+    /// Hands the connection to the closer for its lingering close.
+    fn close(&self, conn: Conn, ending: Ending) {
+        let (stream, live) = self.account(conn, ending);
+        self.closer.close(stream, live);
+    }
+
+    /// Fills in the access record (when the log is on) and takes the
+    /// connection apart.
+    fn account(&self, conn: Conn, ending: Ending) -> (TcpStream, LiveGuard) {
+        let Conn {
+            stream,
+            mut live,
+            bytes_in,
+            bytes_out,
+            ..
+        } = conn;
+        if let Some(access) = live.access() {
+            access.transferred(bytes_in, bytes_out);
+            access.ended(ending);
+        }
+        (stream, live)
+    }
+
+    /// Reads, transforms and writes until the connection parks, yields or
+    /// ends.
+    fn slice(&self, local: &mut Local, conn: &mut Conn, why: Why) -> io::Result<Next> {
+        let io = self.counters.worker_io(local.id);
+        match why {
+            Why::Idle => {
+                self.counters.idle_timeout();
+                debug!(
+                    "{}: idle timeout; closing after {:?}",
+                    conn.peer,
+                    conn.accepted_at.elapsed()
+                );
+                return self.end(local, conn, End::Idle, io);
+            }
+            Why::Shutdown => return self.end(local, conn, End::Shutdown, io),
+            Why::Readable | Why::Yield => {}
+        }
+        let (mut reads, mut bytes) = (0u32, 0usize);
+        loop {
+            if self.shutdown.deadline_passed() {
+                return self.end(local, conn, End::Shutdown, io);
+            }
+            match (&conn.stream).read(&mut local.bufs.input) {
+                Ok(0) => return self.end(local, conn, End::Eof, io),
+                Ok(n) => {
+                    io.read(n);
+                    conn.bytes_in += n as u64;
+                    conn.window_bytes += n as u64;
+                    conn.last_data = Instant::now();
+                    if self.too_slow(conn) {
+                        self.counters.slow_client();
+                        info!(
+                            "{}: sent below the minimum data rate while others waited; closing",
+                            conn.peer
+                        );
+                        return self.end(local, conn, End::TooSlow, io);
+                    }
+                    let Local { bufs, .. } = local;
+                    let out = &mut bufs.output;
+                    out.clear();
+                    out.reserve(self.service.max_output(n));
+                    let flow = conn.session.on_data(&bufs.input[..n], out);
+                    self.write_all(conn, &bufs.output, io)?;
+                    if flow == Flow::Close {
+                        return Ok(Next::Close(Ending::Exit));
+                    }
+                    reads += 1;
+                    bytes += n;
+                    if reads >= SLICE_READS || bytes >= SLICE_BYTES {
+                        if self.others_waiting() {
+                            return Ok(Next::Yield);
+                        }
+                        (reads, bytes) = (0, 0);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.may_hold() || !local.grace.wait(&conn.stream, self.grace) {
+                        return Ok(Next::Park);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a worker may keep an idle connection for the grace wait:
+    /// only while nobody waits for a worker and there are no more live
+    /// connections than workers, so holding one costs no other connection
+    /// its turn. With more connections, parking at once leaves the worker
+    /// free for whichever becomes readable next.
+    fn may_hold(&self) -> bool {
+        self.counters.live_now() <= self.counters.workers() as u64 && !self.others_waiting()
+    }
+
+    /// Serves bytes that did not come from a read of this slice.
+    fn feed(&self, local: &mut Local, conn: &mut Conn, input: &[u8]) -> io::Result<Flow> {
+        let out = &mut local.bufs.output;
+        out.clear();
+        out.reserve(self.service.max_output(input.len()));
+        let flow = conn.session.on_data(input, out);
+        self.write_all(conn, out, self.counters.worker_io(local.id))?;
+        Ok(flow)
+    }
+
+    /// The stream is over: the session answers what it holds, then the
+    /// connection closes.
+    fn end(&self, local: &mut Local, conn: &mut Conn, end: End, io: &WorkerIo) -> io::Result<Next> {
+        local.bufs.output.clear();
+        conn.session.on_end(end, &mut local.bufs.output);
+        self.write_all(conn, &local.bufs.output, io)?;
+        Ok(Next::Close(match end {
+            End::Idle => Ending::Idle,
+            End::TooSlow => Ending::Slow,
+            End::Shutdown => Ending::Shutdown,
+            _ => Ending::Eof,
+        }))
+    }
+
+    /// Connection mode's minimum-rate rule: at the end of each window, a
+    /// connection that sent less than the minimum while others wait is cut.
+    fn too_slow(&self, conn: &mut Conn) -> bool {
+        let Some(rate) = self.limits.min_rate else {
+            return false;
+        };
+        let now = conn.last_data;
+        if now.duration_since(conn.window_start) < rate.window {
+            return false;
+        }
+        let slow = conn.window_bytes < rate.bytes && self.others_waiting();
+        conn.window_start = now;
+        conn.window_bytes = 0;
+        slow
+    }
+
+    /// Writes all of `buf`: non-blocking first; if the client's receive
+    /// window is full, connection mode's blocking write with its write
+    /// timeout and shutdown deadline.
+    fn write_all(&self, conn: &mut Conn, mut buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+        while !buf.is_empty() {
+            match (&conn.stream).write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    io.wrote(n);
+                    conn.bytes_out += n as u64;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.write_blocking(conn, buf, io);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_blocking(&self, conn: &Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+        conn.stream.set_nonblocking(false)?;
+        let written = Connection::new(
+            &conn.stream,
+            conn.peer,
+            io,
+            &self.shutdown,
+            &self.limits,
+            self,
+        )
+        .and_then(|mut c| c.write_all(buf));
+        conn.stream.set_nonblocking(true)?;
+        written
+    }
+}
+
+/// What one worker owns: its id, buffers and short-wait epoll.
+pub(crate) struct Local {
+    id: usize,
+    bufs: Buffers,
+    grace: GraceWait,
+}
+
+/// A worker's own epoll, used to wait [`PARK_GRACE`] for more data on the
+/// connection it holds. The connection stays registered while the worker
+/// keeps it (a ping-pong client costs one registration, not one per
+/// message) and is deregistered before it goes anywhere else.
+struct GraceWait {
+    poll: Poll,
+    events: Events,
+    registered: Option<RawFd>,
+}
+
+impl GraceWait {
+    fn new() -> io::Result<Self> {
+        Ok(GraceWait {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4),
+            registered: None,
+        })
+    }
+
+    /// Waits up to `grace` for `stream` to become readable. False when
+    /// nothing came (or the wait could not be set up): park it.
+    fn wait(&mut self, stream: &TcpStream, grace: Duration) -> bool {
+        if grace.is_zero() {
+            return false;
+        }
+        let fd = stream.as_raw_fd();
+        if self.registered != Some(fd) {
+            self.release();
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+                .is_err()
+            {
+                return false;
+            }
+            self.registered = Some(fd);
+        }
+        match self.poll.poll(&mut self.events, Some(grace)) {
+            Ok(()) => !self.events.is_empty(),
+            Err(e) => e.kind() == io::ErrorKind::Interrupted,
+        }
+    }
+
+    /// Forgets the connection held (before it is parked, yielded or closed).
+    fn release(&mut self) {
+        if let Some(fd) = self.registered.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Event dispatch (`--dispatch event`): more connections than workers,
+//! parking in the middle of a character or of `exit\r\n`, the idle, write
+//! and shutdown deadlines of parked connections, panics, `--max-connections`
+//! and the gauges.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use poolserver::protocol::reference_reply;
+use poolserver::{Dispatch, End, EventService, Flow, ServerBuilder, Session, Stats, Uppercase};
+use proptest::prelude::*;
+
+use crate::support::{self, connect, read_n, read_to_close, round_trip, served_client, wait_until};
+
+/// A builder for an event-dispatch server on 127.0.0.1, any free port.
+fn event_builder(workers: usize) -> ServerBuilder {
+    support::builder()
+        .workers(workers)
+        .dispatch(Dispatch::Event)
+}
+
+fn quit(mut c: TcpStream) {
+    c.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"");
+}
+
+/// The contract's invariants, checked on every snapshot a test takes.
+fn checked(s: Stats) -> Stats {
+    assert!(s.busy <= s.workers, "{s:?}");
+    assert_eq!(s.live, s.accepted - s.rejected - s.closed, "{s:?}");
+    s
+}
+
+#[test]
+fn six_hundred_clients_on_four_workers_are_all_served_while_connected() {
+    let server = event_builder(4).start().unwrap();
+    let addr = server.local_addr();
+    let mut clients: Vec<TcpStream> = (0..600).map(|_| connect(addr)).collect();
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(format!("round {round} client {i} ß\n").as_bytes())
+                .unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want = format!("ROUND {round} CLIENT {i} SS\n");
+            assert_eq!(read_n(c, want.len()), want.as_bytes());
+        }
+    }
+    let s = checked(server.stats());
+    assert_eq!((s.accepted, s.live, s.closed), (600, 600, 0));
+    for c in clients {
+        quit(c);
+    }
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.accepted, s.closed, s.live, s.rejected), (600, 600, 0, 0));
+}
+
+#[test]
+fn one_worker_serves_a_second_client_while_the_first_is_silent() {
+    let server = event_builder(1).start().unwrap();
+    let addr = server.local_addr();
+    let mut first = served_client(addr);
+    wait_until("the silent first client is parked", || {
+        server.stats().parked == 1
+    });
+    let mut second = served_client(addr);
+    round_trip(&mut first, b"still here\n", b"STILL HERE\n");
+    round_trip(&mut second, b"me too\n", b"ME TOO\n");
+    quit(first);
+    quit(second);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.accepted, s.closed, s.peak_busy), (2, 2, 1));
+}
+
+#[test]
+fn a_park_in_the_middle_of_a_character_or_of_exit_loses_nothing() {
+    let server = event_builder(1).start().unwrap();
+    let addr = server.local_addr();
+
+    // `ß` is C3 9F: the first byte is held while the connection is parked.
+    let mut c = connect(addr);
+    round_trip(&mut c, b"stra\xC3", b"STRA");
+    wait_until("parked holding half a character", || {
+        server.stats().parked == 1
+    });
+    round_trip(&mut c, b"\x9Fe\n", "SSE\n".as_bytes());
+    quit(c);
+
+    // `exit\r` is held while parked; the `\n` that completes it closes.
+    let mut c = connect(addr);
+    round_trip(&mut c, b"hello\nexit\r", b"HELLO\n");
+    wait_until("parked holding exit\\r", || server.stats().parked == 1);
+    c.write_all(b"\nignored\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"");
+
+    // And a held `exi` that turns out to be data.
+    let mut c = connect(addr);
+    round_trip(&mut c, b"exi", b"");
+    wait_until("parked holding exi", || server.stats().parked == 1);
+    round_trip(&mut c, b"sting\n", b"EXISTING\n");
+    quit(c);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.accepted, s.closed, s.live), (3, 3, 0));
+}
+
+proptest! {
+    /// Parking moves the session between threads between two reads; any
+    /// split of any input, with the session moved at every chunk, must give
+    /// the reference reply.
+    #[test]
+    fn any_split_and_any_park_points_give_the_reference_reply(
+        parts in prop::collection::vec(
+            prop_oneof![
+                Just(b"exit\r\n".to_vec()),
+                Just(b"quit\n".to_vec()),
+                Just("straße ǆ ΐ\n".as_bytes().to_vec()),
+                Just(b"\xC3".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..12),
+            ],
+            0..12,
+        ),
+        cuts in prop::collection::vec(1usize..8, 1..40),
+    ) {
+        let input: Vec<u8> = parts.concat();
+        let (want, _) = reference_reply(&input);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut session: Box<dyn Session> = Uppercase.open(peer);
+        let mut got = Vec::new();
+        let mut rest = &input[..];
+        let mut closed = false;
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+            rest = tail;
+            // "Park": the session leaves this thread and comes back.
+            session = thread::scope(|s| s.spawn(move || session).join().unwrap());
+            let mut out = Vec::new();
+            let flow = session.on_data(chunk, &mut out);
+            got.extend_from_slice(&out);
+            if flow == Flow::Close {
+                closed = true;
+                break;
+            }
+        }
+        if !closed {
+            let mut out = Vec::new();
+            session.on_end(End::Eof, &mut out);
+            got.extend_from_slice(&out);
+        }
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_parked_connection_times_out_idle_and_its_held_exi_comes_back() {
+    let server = event_builder(2)
+        .idle_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let mut c = connect(server.local_addr());
+    round_trip(&mut c, b"hi\nexi", b"HI\n");
+    wait_until("parked", || server.stats().parked == 1);
+    let start = Instant::now();
+    assert_eq!(read_to_close(&mut c), b"EXI");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    wait_until("closed", || server.stats().live == 0);
+    let s = checked(server.stats());
+    assert_eq!((s.idle_timeouts, s.closed, s.parked, s.busy), (1, 1, 0, 0));
+}
+
+/// Reads until the server closes; a reset fails the test.
+fn read_to_fin(c: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    match c.read_to_end(&mut all) {
+        Ok(_) => all,
+        Err(e) => panic!("expected a FIN, got {e} after {all:?}"),
+    }
+}
+
+#[test]
+fn shutdown_with_a_thousand_parked_connections_closes_each_with_a_fin() {
+    let server = event_builder(4).start().unwrap();
+    let addr = server.local_addr();
+    let mut clients: Vec<TcpStream> = (0..1000).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        // Every tenth holds an `exi`, answered at the deadline.
+        let msg: &[u8] = if i % 10 == 0 { b"x\nexi" } else { b"x\n" };
+        c.write_all(msg).unwrap();
+    }
+    for c in &mut clients {
+        assert_eq!(read_n(c, 2), b"X\n");
+    }
+    wait_until("all parked", || server.stats().parked == 1000);
+    let grace = Duration::from_millis(300);
+    let start = Instant::now();
+    let stopper = thread::spawn(move || server.shutdown(grace));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want: &[u8] = if i % 10 == 0 { b"EXI" } else { b"" };
+        assert_eq!(read_to_fin(c), want, "client {i}");
+    }
+    drop(clients);
+    let stats = checked(stopper.join().unwrap());
+    let took = start.elapsed();
+    assert!(took >= grace, "{took:?}");
+    // Deadline + a poll slice + the lingering close (2 s) + slack.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        (
+            stats.accepted,
+            stats.closed,
+            stats.live,
+            stats.parked,
+            stats.ready
+        ),
+        (1000, 1000, 0, 0, 0)
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_by_the_write_timeout_while_others_go_on() {
+    let server = event_builder(2)
+        .write_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    // Bounded: at most 1 GiB, far more than socket buffers hold.
+    let writer = thread::spawn(move || {
+        let chunk = vec![b'w'; 64 * 1024];
+        for _ in 0..16 * 1024 {
+            if w.write_all(&chunk).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    // Others are served while the stuck write waits out its timeout.
+    let mut other = served_client(addr);
+    for _ in 0..20 {
+        round_trip(&mut other, b"go on\n", b"GO ON\n");
+    }
+    wait_until("the write timeout fires", || {
+        server.stats().write_timeouts == 1
+    });
+    drop(c);
+    assert!(writer.join().unwrap(), "the server closed on the writer");
+    round_trip(&mut other, b"still\n", b"STILL\n");
+    quit(other);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.write_timeouts, s.accepted, s.live), (1, 2, 0));
+}
+
+/// An event service that panics when a message starts with `panic`.
+#[derive(Debug)]
+struct Fragile;
+
+struct FragileSession;
+
+impl Session for FragileSession {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        assert!(!input.starts_with(b"panic"), "asked to panic");
+        out.extend(input.iter().map(u8::to_ascii_uppercase));
+        Flow::Continue
+    }
+    fn on_end(&mut self, _end: End, _out: &mut Vec<u8>) {}
+}
+
+impl EventService for Fragile {
+    fn open(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(FragileSession)
+    }
+}
+
+#[test]
+fn a_panicking_event_service_closes_only_its_connection() {
+    let server = event_builder(1).event_service(Fragile).start().unwrap();
+    let addr = server.local_addr();
+    let mut bystander = served_client(addr);
+    for _ in 0..5 {
+        let mut c = connect(addr);
+        c.write_all(b"panic please\n").unwrap();
+        assert_eq!(read_to_close(&mut c), b"");
+    }
+    wait_until("panics counted", || server.stats().panics == 5);
+    round_trip(&mut bystander, b"unharmed\n", b"UNHARMED\n");
+    drop(bystander);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.panics, s.accepted, s.closed, s.live), (5, 6, 6, 0));
+}
+
+#[test]
+fn max_connections_holds_and_waiting_clients_are_served_once_others_leave() {
+    let server = event_builder(2).max_connections(3).start().unwrap();
+    let addr = server.local_addr();
+    let mut served: Vec<TcpStream> = (0..3).map(|_| served_client(addr)).collect();
+    // These complete their handshake in the kernel but are not accepted.
+    let mut waiting: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut c = connect(addr);
+            c.write_all(format!("waiting {i}\n").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    // Give the acceptor every chance to overshoot: watch for 300 ms.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(300) {
+        let s = checked(server.stats());
+        assert!(s.live <= 3 && s.accepted == 3, "{s:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    quit(served.pop().unwrap());
+    assert_eq!(read_n(&mut waiting[0], 10), b"WAITING 0\n");
+    quit(served.pop().unwrap());
+    assert_eq!(read_n(&mut waiting[1], 10), b"WAITING 1\n");
+    for c in served.into_iter().chain(waiting) {
+        quit(c);
+    }
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.accepted, s.closed, s.peak_live), (5, 5, 3));
+}
+
+#[test]
+fn every_gauge_is_zero_at_rest() {
+    let server = event_builder(2).start().unwrap();
+    let addr = server.local_addr();
+    let clients: Vec<TcpStream> = (0..20).map(|_| served_client(addr)).collect();
+    wait_until("all parked", || server.stats().parked == 20);
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            quit(c);
+        } else {
+            drop(c); // end of stream
+        }
+    }
+    wait_until("nothing live", || server.stats().live == 0);
+    let s = checked(server.stats());
+    assert_eq!(
+        (s.busy, s.queued, s.live, s.parked, s.ready),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.ready_wait_p99 >= s.ready_wait_p50);
+    server.shutdown(Duration::from_secs(1));
+}
+
+/// A blocking service, which event dispatch cannot run.
+#[derive(Debug)]
+struct Blocking;
+
+impl poolserver::Service for Blocking {
+    fn serve(
+        &self,
+        _conn: &mut poolserver::Connection<'_>,
+        _bufs: &mut poolserver::Buffers,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_blocking_service_is_refused_in_event_dispatch() {
+    let err = event_builder(1).service(Blocking).start().unwrap_err();
+    assert!(err.to_string().contains("EventService"), "{err}");
+    assert!(err.is_usage());
+}
+
+#[test]
+fn the_binary_takes_dispatch_and_max_connections_and_refuses_bad_values() {
+    let mut p = support::ServerProcess::start(&["--dispatch", "event", "--max-connections", "7"]);
+    let line = p.wait_for_line(|l| l.contains("listening on "));
+    assert!(line.contains("dispatch event, max connections 7"), "{line}");
+    let mut c = connect(p.addr);
+    round_trip(&mut c, b"event\n", b"EVENT\n");
+    quit(c);
+    p.signal("TERM");
+    assert!(p.wait_exit(support::PATIENCE).success());
+
+    for bad in [
+        &["--dispatch", "fast"][..],
+        &["--max-connections", "0"],
+        &["--max-connections=-3"],
+        &["--max-connections", "lots"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_poolserver"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let flag = bad[0].split('=').next().unwrap();
+        assert!(err.contains(flag), "{bad:?}: {err}");
+    }
+}
