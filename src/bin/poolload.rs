@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use poolserver::load::{self, Expect, Live, LoadConfig, Mode, Report};
 use poolserver::load::{
     DEFAULT_BULK_BYTES, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DURATION,
-    DEFAULT_PIPELINE, DEFAULT_SIZE, MAX_BULK_BYTES, MAX_CONNECTIONS, MAX_PIPELINE, MAX_SIZE,
-    MIN_SIZE,
+    DEFAULT_IDLE_INTERVAL, DEFAULT_PIPELINE, DEFAULT_SIZE, IDLE_LINE, MAX_BULK_BYTES,
+    MAX_CONNECTIONS, MAX_IDLE, MAX_PIPELINE, MAX_SIZE, MIN_SIZE,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -37,6 +37,12 @@ use signal_hook::iterator::Signals;
 /// --pipeline K in flight); bulk streams --bulk-mib MiB per connection
 /// while reading the replies at the same time; connect runs whole
 /// conversations (connect, one round trip, quit, close) in a loop.
+///
+/// Idle connections (--idle N): thousands of mostly silent clients without
+/// a thread each. They connect at a bounded pace, each sends a short line
+/// every --idle-interval, and the report gives how many were served, never
+/// served, rejected or failed, their round trips and latency. With
+/// --connections 0 only they run, for --duration.
 ///
 /// A connection that never gets a reply within the run (it waits in the
 /// server's accept queue) is closed at the end and reported as
@@ -56,10 +62,26 @@ struct Args {
     #[arg(short, long, env = "POOLLOAD_ADDR", value_name = "HOST:PORT", default_value = poolserver::DEFAULT_ADDR)]
     addr: String,
 
-    /// Concurrent connections (connect mode: concurrent connect loops)
+    /// Concurrent connections, a thread each (connect mode: concurrent
+    /// connect loops); 0 with --idle runs only the idle connections
     #[arg(short, long, env = "POOLLOAD_CONNECTIONS", value_name = "C",
-          default_value_t = DEFAULT_CONNECTIONS, value_parser = between(1, MAX_CONNECTIONS))]
+          default_value_t = DEFAULT_CONNECTIONS, value_parser = between(0, MAX_CONNECTIONS))]
     connections: usize,
+
+    #[arg(long, env = "POOLLOAD_IDLE", value_name = "N", default_value_t = 0,
+          value_parser = between(0, MAX_IDLE),
+          help = format!(
+              "Extra idle connections, all on one thread: each sends a {IDLE_LINE}-byte line \
+               every --idle-interval and checks the reply byte for byte. Reported apart (the \
+               idle_* figures), never in the main connections' figures"))]
+    idle: usize,
+
+    /// How often each idle connection sends its line (the first one at a
+    /// random-looking offset inside the first interval, so they do not all
+    /// fire together)
+    #[arg(long, env = "POOLLOAD_IDLE_INTERVAL", value_name = "DUR",
+          default_value = shown(DEFAULT_IDLE_INTERVAL), value_parser = load::parse_positive_duration)]
+    idle_interval: Duration,
 
     /// Message size in bytes, including the trailing newline (2 to 16 MiB)
     #[arg(short, long, env = "POOLLOAD_SIZE", value_name = "BYTES", default_value_t = DEFAULT_SIZE,
@@ -212,7 +234,16 @@ fn main() -> ExitCode {
         mode: args.mode.into(),
         bulk_bytes: args.bulk_mib << 20,
         expect: args.expect.into(),
+        idle: args.idle,
+        idle_interval: args.idle_interval,
     };
+    // What clap cannot check alone (flags that depend on each other) is
+    // still bad usage.
+    if let Err(e) = cfg.validate() {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e.to_string())
+            .exit();
+    }
 
     let live = Arc::new(Live::default());
     let show_bar = !args.json && !args.quiet && io::stderr().is_terminal();
@@ -248,10 +279,11 @@ fn main() -> ExitCode {
     if let Some(summary) = report.failure_summary() {
         problems.push(summary);
     }
-    if args.fail_on_unserved && (report.never_served > 0 || report.rejected > 0) {
+    let unserved = report.never_served + report.idle_never_served;
+    let rejected = report.rejected + report.idle_rejected;
+    if args.fail_on_unserved && (unserved > 0 || rejected > 0) {
         problems.push(format!(
-            "{} connections never served and {} rejected with BUSY (--fail-on-unserved)",
-            report.never_served, report.rejected
+            "{unserved} connections never served and {rejected} rejected with BUSY (--fail-on-unserved)"
         ));
     }
     if problems.is_empty() {

@@ -233,19 +233,10 @@ impl Ctx<'_> {
         }
         if let Some((k, e)) = last_err {
             let addr = self.addrs[k];
-            let hint = match e.kind() {
-                io::ErrorKind::ConnectionRefused => {
-                    "; is poolserver running there? start it with `poolserver --addr ADDR`"
-                }
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                    "; the server's listen queue may be full, or raise --connect-timeout"
-                }
-                _ if e.raw_os_error() == Some(24) => {
-                    "; raise the open-files limit (`ulimit -n`) or use fewer --connections"
-                }
-                _ => "",
-            };
-            t.error(self.live, format!("cannot connect to {addr}: {e}{hint}"));
+            t.error(
+                self.live,
+                format!("cannot connect to {addr}: {e}{}", connect_hint(&e)),
+            );
         }
         None
     }
@@ -328,5 +319,21 @@ impl Ctx<'_> {
         }
         let mut h = self.first_reply.lock().unwrap_or_else(|e| e.into_inner());
         h.saturating_record(histogram_us(now.duration_since(connected)));
+    }
+}
+
+/// What to do about a failed connect, as a `; …` tail for its message.
+pub(super) fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            "; is poolserver running there? start it with `poolserver --addr ADDR`"
+        }
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            "; the server's listen queue may be full, or raise --connect-timeout"
+        }
+        _ if e.raw_os_error() == Some(24) => {
+            "; raise the open-files limit (`ulimit -n`) or use fewer --connections or --idle"
+        }
+        _ => "",
     }
 }

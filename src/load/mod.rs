@@ -32,7 +32,9 @@
 //!
 //! | what | file |
 //! |---|---|
-//! | settings, [`run`], the live counters | `load/mod.rs` |
+//! | settings and [`run`] | `load/mod.rs` |
+//! | the live counters and the stop signal | `load/live.rs` |
+//! | the idle connections, on one thread | `load/idle.rs` |
 //! | the messages and the reply check | `load/pattern.rs` |
 //! | bounded socket reads and writes, the non-blocking sender | `load/sock.rs` |
 //! | what connections share: connect, close, histograms | `load/ctx.rs` |
@@ -66,8 +68,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,14 +78,18 @@ use serde::Serialize;
 mod bulk;
 mod connect;
 mod ctx;
+mod idle;
+mod live;
 mod pattern;
 mod pingpong;
 mod report;
 mod sock;
 
+pub use live::{Live, Snapshot};
 pub use report::Report;
 
 use ctx::Ctx;
+use idle::IdleTally;
 use pattern::Pattern;
 use report::{build_report, new_histogram, Measured, Tally};
 
@@ -124,6 +130,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BULK_BYTES: u64 = 64 << 20;
 /// Most [`LoadConfig::bulk_bytes`]: 1 TiB, far beyond any sensible run.
 pub const MAX_BULK_BYTES: u64 = 1 << 40;
+/// Most [`LoadConfig::idle`] connections. They cost no thread, only a
+/// socket each; the open-files limit is the real bound (see [`run`]).
+pub const MAX_IDLE: usize = 1_000_000;
+/// Default [`LoadConfig::idle_interval`].
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(2);
+/// Bytes of each line an idle connection sends, newline included.
+pub const IDLE_LINE: usize = 16;
 
 /// What the load generator does on each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -204,6 +217,13 @@ pub struct LoadConfig {
     pub bulk_bytes: u64,
     /// What a correct reply is.
     pub expect: Expect,
+    /// Extra, mostly silent connections held on one thread besides the
+    /// `connections` (which may then be 0): each sends an [`IDLE_LINE`]-byte
+    /// line every `idle_interval` and checks the reply. Reported apart, in
+    /// the `idle_*` fields.
+    pub idle: usize,
+    /// How often each idle connection sends its line.
+    pub idle_interval: Duration,
 }
 
 impl Default for LoadConfig {
@@ -221,6 +241,8 @@ impl Default for LoadConfig {
             mode: Mode::default(),
             bulk_bytes: DEFAULT_BULK_BYTES,
             expect: Expect::default(),
+            idle: 0,
+            idle_interval: DEFAULT_IDLE_INTERVAL,
         }
     }
 }
@@ -241,10 +263,26 @@ impl LoadConfig {
     /// [`LoadError::Config`] naming the setting and its limit.
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: &str| Err(LoadError::Config(m.to_string()));
-        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
-            return bad(&format!(
-                "connections must be between 1 and {MAX_CONNECTIONS}"
-            ));
+        if self.connections > MAX_CONNECTIONS {
+            return bad(&format!("connections must be at most {MAX_CONNECTIONS}"));
+        }
+        if self.idle > MAX_IDLE {
+            return bad(&format!("idle connections must be at most {MAX_IDLE}"));
+        }
+        if self.connections == 0 {
+            if self.idle == 0 {
+                return bad("connections must be at least 1 (or give idle connections)");
+            }
+            // Without main connections nothing but the clock ends the run.
+            if self.messages.is_some() || self.mode == Mode::Bulk {
+                return bad(
+                    "with only idle connections the run ends after its duration: \
+                     give no message count and no bulk mode",
+                );
+            }
+        }
+        if self.idle > 0 && self.idle_interval.is_zero() {
+            return bad("the idle interval must be more than 0");
         }
         if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
             return bad(&format!(
@@ -279,6 +317,14 @@ impl LoadConfig {
 pub enum LoadError {
     /// A setting is out of range.
     Config(String),
+    /// The connections asked for need more open files than the process
+    /// may have, even after raising its soft limit to the hard one.
+    OpenFiles {
+        /// Files the run needs (one per connection, plus a few).
+        needed: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The address did not resolve.
     Resolve {
         /// The address as given.
@@ -292,6 +338,12 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoadError::Config(m) => write!(f, "invalid settings: {m}"),
+            LoadError::OpenFiles { needed, limit } => write!(
+                f,
+                "this run needs about {needed} open files (one per connection and idle \
+                 connection) but this process may open only {limit}; raise the hard limit \
+                 (`ulimit -Hn` as root, or LimitNOFILE= in a service) or ask for fewer"
+            ),
             LoadError::Resolve { addr, source } => crate::client::unresolved(f, addr, source),
         }
     }
@@ -300,71 +352,10 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LoadError::Config(_) => None,
+            LoadError::Config(_) | LoadError::OpenFiles { .. } => None,
             LoadError::Resolve { source, .. } => Some(source),
         }
     }
-}
-
-/// Counters updated while a run goes on, for a progress display. They lag
-/// a little: connections add to them in small batches.
-#[derive(Debug, Default)]
-pub struct Live {
-    /// Round trips counted so far (connect mode: cycles; bulk: messages).
-    pub round_trips: AtomicU64,
-    /// Reply bytes checked so far.
-    pub bytes: AtomicU64,
-    /// Wrong replies so far.
-    pub wrong: AtomicU64,
-    /// Errors so far.
-    pub errors: AtomicU64,
-    /// When [`stop`](Live::stop) was first called.
-    stopped_at: OnceLock<Instant>,
-}
-
-impl Live {
-    /// Ends the run early, as if its measured time ended now (poolload
-    /// calls it on Ctrl-C): connections start no new message, finish the
-    /// ones in flight, close as usual, and [`run`] returns a report of the
-    /// time until now with [`Report::interrupted`] set. A connection still
-    /// waiting for its first reply gives up at once and counts as never
-    /// served. The hard deadline still bounds what is left. Calling it
-    /// again changes nothing.
-    pub fn stop(&self) {
-        let _ = self.stopped_at.set(Instant::now());
-    }
-
-    /// When [`stop`](Live::stop) was called, if it was.
-    pub fn stopped_at(&self) -> Option<Instant> {
-        self.stopped_at.get().copied()
-    }
-
-    /// The counters as they are now, for a progress display (poolload's
-    /// bar draws these; the library draws nothing).
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            round_trips: self.round_trips.load(Relaxed),
-            bytes: self.bytes.load(Relaxed),
-            wrong: self.wrong.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            stopped: self.stopped_at().is_some(),
-        }
-    }
-}
-
-/// The [`Live`] counters at one moment ([`Live::snapshot`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    /// Round trips counted so far (connect mode: cycles; bulk: messages).
-    pub round_trips: u64,
-    /// Reply bytes checked so far.
-    pub bytes: u64,
-    /// Wrong replies so far.
-    pub wrong: u64,
-    /// Errors so far.
-    pub errors: u64,
-    /// The run has been asked to stop early.
-    pub stopped: bool,
 }
 
 pub use crate::config::parse_duration;
@@ -391,14 +382,26 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// # Errors
 ///
 /// [`LoadError::Config`] for settings out of range, [`LoadError::Resolve`]
-/// when the address does not resolve.
+/// when the address does not resolve, [`LoadError::OpenFiles`] when the
+/// connections cannot all be open at once: the soft open-files limit is
+/// raised to the hard one first when the run needs more (as Go's runtime
+/// does at start), a process-wide change that outlives the run.
 pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
     cfg.validate()?;
     let addrs = crate::client::resolve(&cfg.addr).map_err(|source| LoadError::Resolve {
         addr: cfg.addr.clone(),
         source,
     })?;
+    let needed = sock::files_needed(cfg.connections, cfg.idle);
+    // If the limit cannot be read or raised, go on: a connect that hits it
+    // is reported with a hint.
+    if let Ok(limit) = sock::raise_open_files(needed) {
+        if limit < needed {
+            return Err(LoadError::OpenFiles { needed, limit });
+        }
+    }
     let pattern = Pattern::new(cfg.size, cfg.expect);
+    let idle_pattern = Pattern::new(IDLE_LINE, cfg.expect);
     let bulk_chunk = if cfg.mode == Mode::Bulk {
         // A whole number of patterns, so the stream position modulo the
         // pattern length stays right across chunks.
@@ -426,7 +429,14 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
         first_reply: Mutex::new(new_histogram()),
     };
 
-    let tallies: Vec<Tally> = thread::scope(|s| {
+    let main_done = AtomicBool::new(false);
+    let (tallies, idle): (Vec<Tally>, Option<IdleTally>) = thread::scope(|s| {
+        let idle = (cfg.idle > 0).then(|| {
+            let (ctx, main_done, pattern) = (&ctx, &main_done, &idle_pattern);
+            thread::Builder::new()
+                .name("poolload-idle".into())
+                .spawn_scoped(s, move || idle::idle(ctx, pattern, main_done))
+        });
         let mut handles = Vec::with_capacity(cfg.connections);
         let mut failed = Vec::new();
         for idx in 0..cfg.connections {
@@ -453,7 +463,7 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
                 }
             }
         }
-        handles
+        let tallies = handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
@@ -466,7 +476,22 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
                 })
             })
             .chain(failed)
-            .collect()
+            .collect();
+        // The idle connections end with the main ones; alone, with the
+        // measured time.
+        if cfg.connections > 0 {
+            main_done.store(true, Relaxed);
+        }
+        let idle = idle.map(|spawned| {
+            let joined = spawned.map_err(|e| format!("cannot start its thread ({e})"));
+            joined
+                .and_then(|h| {
+                    h.join()
+                        .map_err(|_| "its thread panicked (a bug in poolload)".to_string())
+                })
+                .unwrap_or_else(IdleTally::failed)
+        });
+        (tallies, idle)
     });
 
     // The measured window: from the end of warm-up to the last counted
@@ -476,7 +501,9 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
     let window = match ctx.measure_end {
         Some(end) => {
             let end = ctx.end_of_measure().unwrap_or(end);
-            let stopped = last(|t| t.finished).unwrap_or(warmup_end);
+            let stopped = last(|t| t.finished)
+                .max(idle.as_ref().and_then(|i| i.finished))
+                .unwrap_or(warmup_end);
             stopped.min(end).saturating_duration_since(warmup_end)
         }
         None if cfg.mode == Mode::Bulk => last(|t| t.finished)
@@ -496,6 +523,7 @@ pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
             latency: &latency,
             first_reply: &first_reply,
             interrupted: live.stopped_at().is_some(),
+            idle: idle.as_ref(),
         },
     ))
 }
@@ -522,5 +550,42 @@ mod tests {
             ..LoadConfig::default()
         };
         assert!(matches!(bad.validate(), Err(LoadError::Config(_))));
+    }
+
+    #[test]
+    fn idle_connections_may_stand_alone_in_a_timed_run() {
+        let only_idle = LoadConfig {
+            connections: 0,
+            idle: 10,
+            ..LoadConfig::default()
+        };
+        assert!(only_idle.validate().is_ok());
+        for bad in [
+            LoadConfig {
+                idle: 0,
+                ..only_idle.clone()
+            },
+            LoadConfig {
+                messages: Some(5),
+                ..only_idle.clone()
+            },
+            LoadConfig {
+                mode: Mode::Bulk,
+                ..only_idle.clone()
+            },
+            LoadConfig {
+                idle_interval: Duration::ZERO,
+                ..only_idle.clone()
+            },
+            LoadConfig {
+                idle: MAX_IDLE + 1,
+                ..only_idle.clone()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(LoadError::Config(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

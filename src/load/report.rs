@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::idle::IdleTally;
 use super::{Expect, Live, LoadConfig, Mode};
 
 /// Highest latency the histograms hold, in microseconds (one hour);
@@ -81,6 +82,34 @@ pub struct Report {
     pub first_reply_max_us: u64,
     /// Connect mode: counted cycles per second.
     pub connects_per_sec: f64,
+    /// Idle connections asked for ([`LoadConfig::idle`]); none of the
+    /// `idle_*` figures is part of the ones above.
+    pub idle_connections: usize,
+    /// Seconds between the lines of each idle connection.
+    pub idle_interval_s: f64,
+    /// Idle connections that had at least one correct reply.
+    pub idle_served: u64,
+    /// Idle connections without a correct reply by the end that did not
+    /// fail: they waited in the server's queue (or had not connected yet;
+    /// connects are paced).
+    pub idle_never_served: u64,
+    /// Of `idle_never_served`, those that had not even connected by the
+    /// end (connects are paced; a full listen queue slows them down).
+    pub idle_not_connected: u64,
+    /// Idle connections answered with a `BUSY` line.
+    pub idle_rejected: u64,
+    /// Idle round trips counted (sent after the warm-up, answered within
+    /// the run).
+    pub idle_round_trips: u64,
+    /// Idle replies that differed from the expected bytes.
+    pub idle_wrong: u64,
+    /// Idle connections that failed (connect refused or timed out, reset,
+    /// closed by the server); examples are in `error_examples`.
+    pub idle_errors: u64,
+    /// Median idle round-trip latency.
+    pub idle_p50_us: u64,
+    /// 99th percentile of the same.
+    pub idle_p99_us: u64,
     /// The hard deadline passed before the run finished: counts are
     /// incomplete.
     pub cut_by_deadline: bool,
@@ -97,33 +126,42 @@ impl Report {
     /// cut. Unserved and rejected connections are not failures by
     /// themselves.
     pub fn passed(&self) -> bool {
-        self.wrong_replies == 0 && self.errors == 0 && !self.cut_by_deadline
+        self.all_wrong() == 0 && self.all_errors() == 0 && !self.cut_by_deadline
+    }
+
+    /// Wrong replies, main and idle.
+    fn all_wrong(&self) -> u64 {
+        self.wrong_replies + self.idle_wrong
+    }
+
+    /// Errors, main and idle.
+    fn all_errors(&self) -> u64 {
+        self.errors + self.idle_errors
     }
 
     /// One sentence saying what went wrong, or `None` if [`passed`](Self::passed).
     pub fn failure_summary(&self) -> Option<String> {
         let mut parts = Vec::new();
-        if self.wrong_replies > 0 {
+        let (wrong, errors) = (self.all_wrong(), self.all_errors());
+        if wrong > 0 {
             parts.push(format!(
-                "{} wrong {} (bytes differed from the {} expected)",
-                self.wrong_replies,
-                plural(self.wrong_replies, "reply", "replies"),
+                "{wrong} wrong {} (bytes differed from the {} expected)",
+                plural(wrong, "reply", "replies"),
                 match self.expect {
                     Expect::Upper => "uppercase reply",
                     Expect::Echo => "echo",
                 }
             ));
         }
-        if self.errors > 0 {
+        if errors > 0 {
             let example = self
                 .error_examples
                 .first()
                 .map(|e| format!(", e.g. {e}"))
                 .unwrap_or_default();
             parts.push(format!(
-                "{} {}{example}",
-                self.errors,
-                plural(self.errors, "error", "errors")
+                "{errors} {}{example}",
+                plural(errors, "error", "errors")
             ));
         }
         if self.cut_by_deadline {
@@ -193,6 +231,29 @@ impl fmt::Display for Report {
             "  never served   {}, rejected (BUSY) {}",
             self.never_served, self.rejected
         )?;
+        if self.idle_connections > 0 {
+            writeln!(
+                f,
+                "  idle           {} {}, a line every {:.3} s: served {}, never served {} \
+                 ({} not connected), rejected (BUSY) {}",
+                self.idle_connections,
+                plural(self.idle_connections as u64, "connection", "connections"),
+                self.idle_interval_s,
+                self.idle_served,
+                self.idle_never_served,
+                self.idle_not_connected,
+                self.idle_rejected
+            )?;
+            writeln!(
+                f,
+                "  idle replies   {} round trips, p50 {} us, p99 {} us; wrong {}, errors {}",
+                self.idle_round_trips,
+                self.idle_p50_us,
+                self.idle_p99_us,
+                self.idle_wrong,
+                self.idle_errors
+            )?;
+        }
         write!(
             f,
             "  wrong replies  {}, errors {}, cut by deadline: {}",
@@ -274,6 +335,8 @@ pub(super) struct Measured<'h> {
     pub(super) first_reply: &'h Histogram<u64>,
     /// The run was stopped early.
     pub(super) interrupted: bool,
+    /// What the idle connections did, if there were any.
+    pub(super) idle: Option<&'h IdleTally>,
 }
 
 /// Turns per-connection tallies into the report.
@@ -291,10 +354,16 @@ pub(super) fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>
         }
     };
     let bulk = cfg.mode == Mode::Bulk;
+    let idle = |f: fn(&IdleTally) -> u64| m.idle.map_or(0, f);
 
     // Distinct error messages with counts, most frequent first.
     let mut examples: Vec<(String, u64)> = Vec::new();
-    for msg in tallies.iter().flat_map(|t| &t.error_messages) {
+    let idle_messages = m.idle.iter().flat_map(|i| &i.error_messages);
+    for msg in tallies
+        .iter()
+        .flat_map(|t| &t.error_messages)
+        .chain(idle_messages)
+    {
         match examples.iter_mut().find(|(m, _)| m == msg) {
             Some((_, n)) => *n += 1,
             None => examples.push((msg.clone(), 1)),
@@ -346,7 +415,22 @@ pub(super) fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>
         } else {
             0.0
         },
-        cut_by_deadline: tallies.iter().any(|t| t.cut),
+        idle_connections: cfg.idle,
+        idle_interval_s: if cfg.idle > 0 {
+            cfg.idle_interval.as_secs_f64()
+        } else {
+            0.0
+        },
+        idle_served: idle(|i| i.served),
+        idle_never_served: idle(|i| i.never_served),
+        idle_not_connected: idle(|i| i.not_connected),
+        idle_rejected: idle(|i| i.rejected),
+        idle_round_trips: idle(|i| i.round_trips),
+        idle_wrong: idle(|i| i.wrong),
+        idle_errors: idle(|i| i.errors),
+        idle_p50_us: m.idle.map_or(0, |i| q(&i.latency, 0.5)),
+        idle_p99_us: m.idle.map_or(0, |i| q(&i.latency, 0.99)),
+        cut_by_deadline: tallies.iter().any(|t| t.cut) || m.idle.is_some_and(|i| i.cut),
         interrupted: m.interrupted,
         error_examples,
     }
@@ -402,6 +486,7 @@ mod tests {
                 latency: &lat,
                 first_reply: &first,
                 interrupted: false,
+                idle: None,
             },
         );
         assert_eq!(r.round_trips, 400);
@@ -423,6 +508,42 @@ mod tests {
     }
 
     #[test]
+    fn idle_figures_are_apart_but_fail_the_run() {
+        let cfg = LoadConfig {
+            connections: 0,
+            idle: 5,
+            ..LoadConfig::default()
+        };
+        let h = new_histogram();
+        let mut idle = IdleTally::new();
+        (idle.served, idle.never_served, idle.round_trips) = (3, 1, 30);
+        idle.error("reset".into());
+        idle.latency.record(100).unwrap();
+        let r = build_report(
+            &cfg,
+            &[],
+            &Measured {
+                window: Duration::from_secs(1),
+                latency: &h,
+                first_reply: &h,
+                interrupted: false,
+                idle: Some(&idle),
+            },
+        );
+        assert_eq!((r.idle_connections, r.idle_served), (5, 3));
+        assert_eq!((r.idle_never_served, r.idle_errors), (1, 1));
+        assert_eq!((r.idle_round_trips, r.idle_p50_us), (30, 100));
+        assert_eq!((r.round_trips, r.errors, r.never_served), (0, 0, 0));
+        assert_eq!(r.error_examples, ["idle: reset"]);
+        assert!(!r.passed());
+        assert!(r
+            .failure_summary()
+            .unwrap()
+            .contains("1 error, e.g. idle: reset"));
+        assert!(r.to_string().contains("served 3, never served 1"), "{r}");
+    }
+
+    #[test]
     fn empty_run_reports_zeros_not_nan() {
         let cfg = LoadConfig::default();
         let h = new_histogram();
@@ -434,6 +555,7 @@ mod tests {
                 latency: &h,
                 first_reply: &h,
                 interrupted: false,
+                idle: None,
             },
         );
         assert_eq!(

@@ -164,3 +164,24 @@ fn send_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 fn send_now(mut stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     stream.write(buf)
 }
+
+/// The open files a run needs: one socket per connection, main or idle,
+/// and some room for the process's own (standard streams, the poller).
+pub(super) fn files_needed(connections: usize, idle: usize) -> u64 {
+    (connections + idle) as u64 + 64
+}
+
+/// Raises the soft open-files limit to the hard one when the run needs
+/// more than the soft limit allows, as Go's runtime does at start.
+/// Returns the limit now in force.
+///
+/// # Errors
+///
+/// The system call failed.
+pub(super) fn raise_open_files(needed: u64) -> io::Result<u64> {
+    let (soft, _hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    if needed <= soft {
+        return Ok(soft);
+    }
+    rlimit::increase_nofile_limit(u64::MAX)
+}

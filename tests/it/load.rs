@@ -554,3 +554,176 @@ fn a_second_ctrl_c_exits_at_once() {
     assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
     assert_eq!(out.stdout, b"", "no report after the second Ctrl-C");
 }
+
+/// The `idle_*` figures of a report, in one line for assertions.
+fn idle_figures(r: &Value) -> [u64; 7] {
+    [
+        "idle_connections",
+        "idle_served",
+        "idle_never_served",
+        "idle_not_connected",
+        "idle_rejected",
+        "idle_wrong",
+        "idle_errors",
+    ]
+    .map(|k| num(r, k))
+}
+
+#[test]
+fn idle_connections_are_all_served_when_the_workers_suffice() {
+    // Today's connection dispatch serves at most `workers` connections at
+    // once: 40 idle ones on 64 workers are all served, on one poolload
+    // thread, each every 50 ms for a second.
+    let server = support::server(64);
+    let out = poolload(
+        server.local_addr(),
+        &[
+            "-c",
+            "0",
+            "--idle",
+            "40",
+            "--idle-interval",
+            "50ms",
+            "-d",
+            "1s",
+        ],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(idle_figures(&r), [40, 40, 0, 0, 0, 0, 0], "{r}");
+    assert_eq!(r["idle_interval_s"].as_f64(), Some(0.05), "{r}");
+    let round_trips = num(&r, "idle_round_trips");
+    assert!(round_trips >= 40, "{r}");
+    assert!(0 < num(&r, "idle_p50_us") && num(&r, "idle_p50_us") <= num(&r, "idle_p99_us"));
+    // None of it is in the main connections' figures.
+    assert_eq!(num(&r, "connections"), 0, "{r}");
+    assert_eq!(num(&r, "round_trips"), 0, "{r}");
+    assert_eq!(num(&r, "bytes_verified"), 0, "{r}");
+    assert!((r["duration_s"].as_f64().unwrap() - 1.0).abs() < 0.5, "{r}");
+    // What the server saw: 40 connections; every 16-byte line answered
+    // (served connections wait for their last reply before closing), and
+    // at least the counted ones sent.
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.accepted, stats.closed), (40, 40));
+    assert_eq!(stats.bytes_in, stats.bytes_out);
+    assert_eq!(stats.bytes_in % 16, 0);
+    assert!(stats.bytes_in >= 16 * round_trips, "{stats:?} {r}");
+}
+
+#[test]
+fn idle_connections_beyond_the_workers_are_reported_never_served() {
+    // 4 workers, 12 idle connections: each worker keeps the connection it
+    // took for the whole run, so exactly 4 are served and 8 wait in the
+    // accept queue. That is reported, not hidden, and not a failure...
+    let server = support::server(4);
+    let args = [
+        "-c",
+        "0",
+        "--idle",
+        "12",
+        "--idle-interval",
+        "50ms",
+        "-d",
+        "1s",
+    ];
+    let out = poolload(server.local_addr(), &args);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(idle_figures(&r), [12, 4, 8, 0, 0, 0, 0], "{r}");
+    assert!(num(&r, "idle_round_trips") >= 4, "{r}");
+    // ...unless asked for.
+    let out = poolload(
+        server.local_addr(),
+        &[&args[..], &["--fail-on-unserved"]].concat(),
+    );
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(idle_figures(&r), [12, 4, 8, 0, 0, 0, 0], "{r}");
+    assert!(
+        stderr(&out).contains("8 connections never served"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn idle_connections_run_beside_the_main_ones_and_are_counted_apart() {
+    let server = support::server(16);
+    let out = poolload(
+        server.local_addr(),
+        &[
+            "-c",
+            "2",
+            "-d",
+            "1s",
+            "--idle",
+            "10",
+            "--idle-interval",
+            "50ms",
+        ],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(idle_figures(&r), [10, 10, 0, 0, 0, 0, 0], "{r}");
+    assert_eq!(num(&r, "connections"), 2, "{r}");
+    assert!(num(&r, "fewest_rt") > 0, "{r}");
+    assert_eq!(
+        num(&r, "bytes_verified"),
+        num(&r, "round_trips") * 64,
+        "the main figures hold the 64-byte messages only: {r}"
+    );
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.accepted, 12);
+}
+
+#[test]
+fn a_wrong_idle_reply_fails_the_run() {
+    // An echo server answers the idle lines unchanged: wrong for the
+    // uppercase loop, and right with --expect echo.
+    let server = support::builder()
+        .workers(8)
+        .event_service(Echo)
+        .start()
+        .unwrap();
+    let args = [
+        "-c",
+        "0",
+        "--idle",
+        "3",
+        "--idle-interval",
+        "50ms",
+        "-d",
+        "500ms",
+    ];
+    let out = poolload(server.local_addr(), &args);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert!(num(&r, "idle_wrong") >= 3, "{r}");
+    assert_eq!(num(&r, "idle_served"), 0, "{r}");
+    assert!(stderr(&out).contains("wrong"), "{}", stderr(&out));
+    let out = poolload(
+        server.local_addr(),
+        &[&args[..], &["--expect", "echo"]].concat(),
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(idle_figures(&r), [3, 3, 0, 0, 0, 0, 0], "{r}");
+}
+
+#[test]
+fn idle_flags_that_do_not_fit_together_are_bad_usage() {
+    for bad in [
+        &["-c", "0"][..],
+        &["-c", "0", "--idle", "5", "-n", "10"],
+        &["-c", "0", "--idle", "5", "--mode", "bulk"],
+        &["--idle", "5", "--idle-interval", "0"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_poolload"))
+            .args(bad)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+}
