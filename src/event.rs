@@ -8,12 +8,14 @@
 //! queue. It serves one *slice* at a time, holding the busy gauge only
 //! then: read, [`Session::on_data`], write, again, until
 //!
-//! * the read would block: if nobody waits for a worker it waits up to
-//!   [`PARK_GRACE`] for more data on a small epoll of its own (a
-//!   ping-pong client's next message usually arrives sooner than a round
-//!   trip through the poller would take, so with no more clients than
-//!   workers this mode behaves like connection mode); otherwise, or when
-//!   the grace runs out, it parks the connection;
+//! * the read would block: it parks the connection — unless there are no
+//!   more live connections than workers and nobody waits for a worker.
+//!   Then holding the connection costs nobody a worker, so the worker
+//!   *holds* it: the socket is switched to blocking with a receive timeout
+//!   of [`PARK_GRACE`], and the worker reads as connection mode does (one
+//!   syscall per read, no poller round trip: a ping-pong client's next
+//!   message usually comes sooner than the grace). It parks the connection
+//!   when the grace passes without data;
 //! * the slice budget ([`SLICE_READS`] reads or [`SLICE_BYTES`] bytes) is
 //!   spent while others wait: the connection goes to the tail of the ready
 //!   queue (not parked: unread data raises no new edge), which is what keeps
@@ -39,7 +41,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,27 +48,25 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, error, info, warn};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
 use parking_lot::Mutex;
 
 use crate::access::Ending;
 use crate::closer::Closer;
-use crate::connection::{is_write_stall, Connection, End, Limits, Pressure};
+use crate::connection::{is_timeout, is_write_stall, Connection, End, Limits, Pressure};
 use crate::poller::{Conn, Parking, Why};
 use crate::pool::PoolContext;
 use crate::proxy::Gate;
 use crate::queue::Job;
 use crate::service::{Buffers, EventService, Flow};
 use crate::shutdown::Shutdown;
+use crate::shutdown::POLL_SLICE;
 use crate::stats::{BusyGuard, Counters, LiveGuard, WorkerIo};
 
-/// How long a worker with nothing else to do waits for more data before it
-/// parks a connection. Chosen by measurement (see the README's event
-/// dispatch figures): long enough to cover a ping-pong client's think time
-/// on a loaded two-core machine, short enough that a connection arriving
-/// meanwhile waits little (a worker in its grace does not watch the
-/// queues).
+/// How long a worker holding a connection (see the module doc) waits for
+/// more data before it parks it. Long enough to cover a ping-pong client's
+/// think time on a loaded two-core machine, short enough that a connection
+/// that becomes ready meanwhile waits little (a worker blocked in a read
+/// does not watch the queues).
 pub(crate) const PARK_GRACE: Duration = Duration::from_millis(2);
 
 /// Reads per slice before a connection gives way to waiting ones.
@@ -144,14 +143,12 @@ impl EventPool {
         }
     }
 
-    /// What worker `id` owns (made before its thread starts, so a failure
-    /// to create its epoll is a start-up error).
-    pub(crate) fn local(&self, id: usize) -> io::Result<Local> {
-        Ok(Local {
+    /// What worker `id` owns: its id and its buffers.
+    pub(crate) fn local(&self, id: usize) -> Local {
+        Local {
             id,
             bufs: Buffers::new(self.read_buffer_size),
-            grace: GraceWait::new()?,
-        })
+        }
     }
 
     /// The worker loop.
@@ -248,9 +245,13 @@ impl EventPool {
                 }
             },
         };
+        // Non-blocking to start with; the send timeout bounds a write on a
+        // held (blocking) socket to one slice before the write-timeout
+        // logic takes over.
         if let Err(e) = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
+            .and_then(|()| stream.set_write_timeout(Some(POLL_SLICE)))
         {
             debug!("{peer}: cannot set the socket up: {e}");
             self.counters.io_error();
@@ -284,6 +285,7 @@ impl EventPool {
             window_bytes: 0,
             bytes_in: 0,
             bytes_out: 0,
+            held: false,
         };
         self.serve(local, conn, Why::Readable, &leftover);
     }
@@ -300,8 +302,6 @@ impl EventPool {
             }
             self.slice(local, &mut conn, why)
         }));
-        // Out of the worker's own epoll before it goes anywhere else.
-        local.grace.release();
         match outcome {
             Ok(Ok(Next::Park)) => {
                 if let Err((conn, e)) = self.parking.park(conn) {
@@ -389,6 +389,10 @@ impl EventPool {
             if self.shutdown.deadline_passed() {
                 return self.end(local, conn, End::Shutdown, io);
             }
+            let hold = self.may_hold();
+            if hold != conn.held {
+                self.set_held(conn, hold)?;
+            }
             match (&conn.stream).read(&mut local.bufs.input) {
                 Ok(0) => return self.end(local, conn, End::Eof, io),
                 Ok(n) => {
@@ -422,8 +426,9 @@ impl EventPool {
                         (reads, bytes) = (0, 0);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.may_hold() || !local.grace.wait(&conn.stream, self.grace) {
+                // Nothing to read (or, held, nothing within the grace).
+                Err(e) if is_timeout(&e) => {
+                    if conn.held || !self.may_hold() {
                         return Ok(Next::Park);
                     }
                 }
@@ -450,6 +455,18 @@ impl EventPool {
         let flow = conn.session.on_data(input, out);
         self.write_all(conn, out, self.counters.worker_io(local.id))?;
         Ok(flow)
+    }
+
+    /// Switches the socket between held (blocking, with the grace as its
+    /// receive timeout) and non-blocking. Only on a change of regime, so
+    /// the two or three syscalls are rare in a steady state.
+    fn set_held(&self, conn: &mut Conn, hold: bool) -> io::Result<()> {
+        if hold {
+            conn.stream.set_read_timeout(Some(self.grace))?;
+        }
+        conn.stream.set_nonblocking(!hold)?;
+        conn.held = hold;
+        Ok(())
     }
 
     /// The stream is over: the session answers what it holds, then the
@@ -504,7 +521,7 @@ impl EventPool {
         Ok(())
     }
 
-    fn write_blocking(&self, conn: &Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+    fn write_blocking(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
         conn.stream.set_nonblocking(false)?;
         let written = Connection::new(
             &conn.stream,
@@ -515,7 +532,10 @@ impl EventPool {
             self,
         )
         .and_then(|mut c| c.write_all(buf));
+        // Connection mode's timeouts replaced the grace: start over
+        // non-blocking.
         conn.stream.set_nonblocking(true)?;
+        conn.held = false;
         written
     }
 }
@@ -524,57 +544,4 @@ impl EventPool {
 pub(crate) struct Local {
     id: usize,
     bufs: Buffers,
-    grace: GraceWait,
-}
-
-/// A worker's own epoll, used to wait [`PARK_GRACE`] for more data on the
-/// connection it holds. The connection stays registered while the worker
-/// keeps it (a ping-pong client costs one registration, not one per
-/// message) and is deregistered before it goes anywhere else.
-struct GraceWait {
-    poll: Poll,
-    events: Events,
-    registered: Option<RawFd>,
-}
-
-impl GraceWait {
-    fn new() -> io::Result<Self> {
-        Ok(GraceWait {
-            poll: Poll::new()?,
-            events: Events::with_capacity(4),
-            registered: None,
-        })
-    }
-
-    /// Waits up to `grace` for `stream` to become readable. False when
-    /// nothing came (or the wait could not be set up): park it.
-    fn wait(&mut self, stream: &TcpStream, grace: Duration) -> bool {
-        if grace.is_zero() {
-            return false;
-        }
-        let fd = stream.as_raw_fd();
-        if self.registered != Some(fd) {
-            self.release();
-            if self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
-                .is_err()
-            {
-                return false;
-            }
-            self.registered = Some(fd);
-        }
-        match self.poll.poll(&mut self.events, Some(grace)) {
-            Ok(()) => !self.events.is_empty(),
-            Err(e) => e.kind() == io::ErrorKind::Interrupted,
-        }
-    }
-
-    /// Forgets the connection held (before it is parked, yielded or closed).
-    fn release(&mut self) {
-        if let Some(fd) = self.registered.take() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        }
-    }
 }

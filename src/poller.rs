@@ -78,6 +78,9 @@ pub(crate) struct Conn {
     /// Bytes read from and written to this client, for the access log.
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    /// The socket is blocking, with the park grace as its receive timeout
+    /// (a worker holds it; see `event.rs`); otherwise non-blocking.
+    pub(crate) held: bool,
 }
 
 impl std::fmt::Debug for Conn {

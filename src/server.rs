@@ -396,7 +396,7 @@ fn start_event_pool(
         ready_rx,
     ));
     for id in 0..b.workers {
-        let local = pool.local(id).map_err(Error::Spawn)?;
+        let local = pool.local(id);
         let pool = Arc::clone(&pool);
         let thread = threads.spawn(
             format!("poolserver-worker-{id}"),
