@@ -384,18 +384,19 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// [`LoadError::Config`] for settings out of range, [`LoadError::Resolve`]
 /// when the address does not resolve, [`LoadError::OpenFiles`] when the
 /// connections cannot all be open at once: the soft open-files limit is
-/// raised to the hard one first when the run needs more (as Go's runtime
-/// does at start), a process-wide change that outlives the run.
+/// raised to the hard one first (as Go's runtime does at start), a
+/// process-wide change that outlives the run.
 pub fn run(cfg: &LoadConfig, live: &Live) -> Result<Report, LoadError> {
     cfg.validate()?;
     let addrs = crate::client::resolve(&cfg.addr).map_err(|source| LoadError::Resolve {
         addr: cfg.addr.clone(),
         source,
     })?;
+    // The soft open-files limit goes up to the hard one, the server's way.
+    // If it cannot be read, go on: a connect that hits it is reported with
+    // a hint.
     let needed = sock::files_needed(cfg.connections, cfg.idle);
-    // If the limit cannot be read or raised, go on: a connect that hits it
-    // is reported with a hint.
-    if let Ok(limit) = sock::raise_open_files(needed) {
+    if let Some(limit) = crate::admission::raise_fd_limit(None, 0) {
         if limit < needed {
             return Err(LoadError::OpenFiles { needed, limit });
         }

@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use super::pattern::Pattern;
+pub(super) use crate::connection::is_timeout;
 
 /// Size of the read buffer of every connection.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -20,13 +21,6 @@ pub(super) enum Got {
     /// No data: one [`SLICE`](super::SLICE) passed ([`read_once`]), or the caller's
     /// `give_up` said stop ([`read_some`]).
     Idle,
-}
-
-pub(super) fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 /// One read that waits at most one [`SLICE`](super::SLICE) (then `Got::Idle`).
@@ -169,19 +163,4 @@ fn send_now(mut stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 /// and some room for the process's own (standard streams, the poller).
 pub(super) fn files_needed(connections: usize, idle: usize) -> u64 {
     (connections + idle) as u64 + 64
-}
-
-/// Raises the soft open-files limit to the hard one when the run needs
-/// more than the soft limit allows, as Go's runtime does at start.
-/// Returns the limit now in force.
-///
-/// # Errors
-///
-/// The system call failed.
-pub(super) fn raise_open_files(needed: u64) -> io::Result<u64> {
-    let (soft, _hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
-    if needed <= soft {
-        return Ok(soft);
-    }
-    rlimit::increase_nofile_limit(u64::MAX)
 }

@@ -727,3 +727,60 @@ fn idle_flags_that_do_not_fit_together_are_bad_usage() {
         assert!(out.stdout.is_empty(), "{bad:?}");
     }
 }
+
+#[test]
+fn idle_connections_beyond_the_open_files_limit_are_refused_up_front() {
+    // Under a hard limit of 256 open files, 1000 idle connections cannot
+    // all be open: poolload says so before connecting anything, with the
+    // numbers and the fix.
+    let server = support::server(2);
+    let out = Command::new("prlimit")
+        .args(["--nofile=256:256", env!("CARGO_BIN_EXE_poolload")])
+        .args(["--addr", &server.local_addr().to_string()])
+        .args(["-c", "0", "--idle", "1000", "-d", "1s", "-q"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run poolload under prlimit");
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs about 1064 open files")
+            && err.contains("may open only 256")
+            && err.contains("ulimit -Hn"),
+        "{err}"
+    );
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.accepted, 0);
+}
+
+#[test]
+fn event_dispatch_serves_every_idle_connection_on_few_workers() {
+    // The case --idle exists for: 300 idle connections, 4 workers. Event
+    // dispatch parks the silent ones, so every one is served.
+    let server = support::builder()
+        .workers(4)
+        .dispatch(poolserver::Dispatch::Event)
+        .start()
+        .unwrap();
+    let out = poolload(
+        server.local_addr(),
+        &[
+            "-c",
+            "0",
+            "--idle",
+            "300",
+            "--idle-interval",
+            "100ms",
+            "-d",
+            "2s",
+        ],
+    );
+    let r = report(&out);
+    assert_clean(&out, &r);
+    assert_eq!(idle_figures(&r), [300, 300, 0, 0, 0, 0, 0], "{r}");
+    assert!(num(&r, "idle_round_trips") >= 300, "{r}");
+    let stats = server.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.accepted, stats.closed), (300, 300));
+    assert_eq!(stats.bytes_in, stats.bytes_out);
+}
