@@ -443,9 +443,14 @@ fn a_silent_client_delays_a_scrape_by_at_most_the_request_timeout() {
     let body = get_metrics(maddr);
     let took = started.elapsed();
     assert!(body.contains("poolserver_workers 1\n"), "{body}");
+    // The bound is the endpoint's timeout; PATIENCE only absorbs a loaded
+    // CI machine. What proves the cut-off is the 408 below.
     assert!(
-        took < REQUEST_TIMEOUT + Duration::from_secs(3),
+        took < PATIENCE,
         "a silent client held the scrape for {took:?}"
+    );
+    eprintln!(
+        "figure: a scrape behind a silent client took {took:?} (timeout {REQUEST_TIMEOUT:?})"
     );
     let mut answer = String::new();
     silent.read_to_string(&mut answer).unwrap();
@@ -464,7 +469,7 @@ fn the_endpoint_stops_with_the_server() {
     let idle = TcpStream::connect(maddr).unwrap();
     let started = Instant::now();
     server.shutdown(Duration::from_secs(5));
-    assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(3));
+    assert!(started.elapsed() < PATIENCE);
     drop(idle);
     assert!(
         TcpStream::connect(maddr).is_err(),
