@@ -44,11 +44,18 @@ const WAIT_BUCKETS: [f64; 16] = [
 pub(crate) struct Exporter {
     counters: Arc<Counters>,
     queue: QueueLen,
+    /// Event dispatch's `--max-connections`; `None` in connection
+    /// dispatch, where the event-only series are left out.
+    max_live: Option<u64>,
 }
 
 impl Exporter {
-    pub(crate) fn new(counters: Arc<Counters>, queue: QueueLen) -> Self {
-        Exporter { counters, queue }
+    pub(crate) fn new(counters: Arc<Counters>, queue: QueueLen, max_live: Option<u64>) -> Self {
+        Exporter {
+            counters,
+            queue,
+            max_live,
+        }
     }
 
     /// One whole exposition, as the endpoint sends it.
@@ -67,12 +74,27 @@ impl Collector for Exporter {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
         let stats = self.counters.snapshot(self.queue.get());
         let waits = self.counters.wait_histogram();
-        encode(&stats, &waits, encoder)
+        let event = self.max_live.map(|max| Event {
+            max_live: max,
+            ready_waits: self.counters.ready_wait_histogram(),
+        });
+        encode(&stats, &waits, event.as_ref(), encoder)
     }
 }
 
+/// What only event dispatch exposes.
+struct Event {
+    max_live: u64,
+    ready_waits: Histogram<u64>,
+}
+
 /// The metric families, in the order they are exposed.
-fn encode(s: &Stats, waits: &Histogram<u64>, mut enc: DescriptorEncoder) -> fmt::Result {
+fn encode(
+    s: &Stats,
+    waits: &Histogram<u64>,
+    event: Option<&Event>,
+    mut enc: DescriptorEncoder,
+) -> fmt::Result {
     let mut e = Families(&mut enc);
     e.counter(
         "connections_accepted",
@@ -143,6 +165,28 @@ fn encode(s: &Stats, waits: &Histogram<u64>, mut enc: DescriptorEncoder) -> fmt:
         "Time from accept to a worker taking the connection.",
         waits,
     )?;
+    if let Some(ev) = event {
+        e.gauge(
+            "connections_parked",
+            "Event dispatch: idle connections waiting in the poller, not on a worker.",
+            s.parked,
+        )?;
+        e.gauge(
+            "connections_ready",
+            "Event dispatch: readable connections waiting in the ready queue for a worker.",
+            s.ready,
+        )?;
+        e.gauge(
+            "connections_max",
+            "Event dispatch: the most live connections allowed (--max-connections).",
+            ev.max_live,
+        )?;
+        e.wait_histogram(
+            "ready_wait_seconds",
+            "Event dispatch: time a readable connection waited in the ready queue for a worker.",
+            &ev.ready_waits,
+        )?;
+    }
     e.0.encode_descriptor(
         "build",
         "The running build; the value is always 1.",

@@ -143,6 +143,9 @@ pub(crate) struct Monitor {
     pub(crate) output: Option<Box<dyn Write + Send>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) queue: QueueLen,
+    /// Event dispatch's `--max-connections` (`None` in connection
+    /// dispatch): the pretty report shows parked and ready against it.
+    pub(crate) max_live: Option<u64>,
     /// Disconnects when the acceptor and every worker have exited.
     pub(crate) done: Receiver<()>,
 }
@@ -198,7 +201,7 @@ impl Monitor {
                 let line = serde_json::to_string(&report).expect("a report always serializes");
                 self.emit(&line);
             }
-            MonitorFormat::Pretty => self.emit(&pretty::render(&report)),
+            MonitorFormat::Pretty => self.emit(&pretty::render(&report, self.max_live)),
         }
     }
 

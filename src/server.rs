@@ -251,6 +251,7 @@ impl Server {
             closer: closer.clone(),
         });
         let event = b.dispatch == Dispatch::Event;
+        let max_live = event.then_some(b.max_connections as u64);
         raise_fd_limit(event.then_some(b.max_connections), b.workers);
         if event {
             server.poller = Some(start_event_pool(
@@ -280,6 +281,7 @@ impl Server {
                 output: b.monitor_output,
                 counters: Arc::clone(&counters),
                 queue: QueueLen::of(&queue_rx),
+                max_live,
                 done: done.clone(),
             };
             server.monitor = Some(threads.spawn(
@@ -291,7 +293,7 @@ impl Server {
         }
 
         if let Some(addr) = &b.metrics_addr {
-            let exporter = Exporter::new(Arc::clone(&counters), QueueLen::of(&queue_rx));
+            let exporter = Exporter::new(Arc::clone(&counters), QueueLen::of(&queue_rx), max_live);
             let (endpoint, serve) = Endpoint::bind(addr, Arc::new(exporter), done)?;
             let thread = threads.spawn(
                 "poolserver-metrics".into(),
@@ -307,7 +309,6 @@ impl Server {
             server.metrics = Some(endpoint.running(thread));
         }
 
-        let max_live = event.then_some(b.max_connections as u64);
         let (mut acceptor, waker) = Acceptor::new(
             listener,
             queue_tx,

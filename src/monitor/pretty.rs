@@ -6,6 +6,9 @@
 //! workers [#####.....] 5/8  queue [..........] 0/1024  live 5  123 conn/s  in 1.2 MB/s  out 1.2 MB/s  wait p50 26us p99 33us
 //! ```
 //!
+//! In event dispatch the line also shows `parked [bar] n/--max-connections`,
+//! the ready queue's length and the interval's ready-queue wait.
+//!
 //! A second, indented line appears only once something went wrong since
 //! start (connections turned away or ended early, panics, accept errors),
 //! and names only the counts that are not zero. The `key=value` and JSON
@@ -19,16 +22,32 @@ use super::{human_wait, Report};
 const BAR: usize = 10;
 
 /// One report: one line, or two when something went wrong since start.
-pub(super) fn render(r: &Report) -> String {
+/// `max_live` is event dispatch's `--max-connections` (`None` in
+/// connection dispatch); with it the line also shows the parked
+/// connections against that limit, the ready queue, and its wait.
+pub(super) fn render(r: &Report, max_live: Option<u64>) -> String {
     let s = &r.stats;
     let mut out = format!(
-        "workers {} {}/{}  queue {} {}/{}  live {}  {}  in {}  out {}  wait p50 {} p99 {}",
+        "workers {} {}/{}  queue {} {}/{}  ",
         bar(s.busy as u64, s.workers as u64),
         s.busy,
         s.workers,
         bar(s.queued as u64, s.backlog as u64),
         s.queued,
         s.backlog,
+    );
+    if let Some(max) = max_live {
+        let _ = write!(
+            out,
+            "parked {} {}/{max}  ready {}  ",
+            bar(s.parked, max),
+            s.parked,
+            s.ready
+        );
+    }
+    let _ = write!(
+        out,
+        "live {}  {}  in {}  out {}  wait p50 {} p99 {}",
         s.live,
         conn_rate(r.per_s[0]),
         byte_rate(r.per_s[1]),
@@ -36,14 +55,11 @@ pub(super) fn render(r: &Report) -> String {
         human_wait(r.wait_p50_us),
         human_wait(r.wait_p99_us),
     );
-    // Event dispatch only: idle connections in the poller and readable
-    // ones waiting for a worker.
-    if s.parked > 0 || s.ready > 0 || r.ready_wait_p99_us > 0 {
+    if max_live.is_some() {
         let _ = write!(
             out,
-            "  parked {} ready {} (wait p99 {})",
-            s.parked,
-            s.ready,
+            "  ready wait p50 {} p99 {}",
+            human_wait(r.ready_wait_p50_us),
             human_wait(r.ready_wait_p99_us)
         );
     }
@@ -133,7 +149,7 @@ mod tests {
     fn an_idle_pool_is_one_line_of_empty_bars() {
         let r = report(0, 0, [0.0; 3], &[]);
         assert_eq!(
-            render(&r),
+            render(&r, None),
             "workers [..........] 0/8  queue [..........] 0/1024  live 0  0.0 conn/s  \
              in 0 B/s  out 0 B/s  wait p50 0us p99 0us"
         );
@@ -143,15 +159,31 @@ mod tests {
     fn a_busy_pool_shows_bars_rates_and_waits() {
         let r = report(5, 1, [123.4, 1_234_567.0, 999.0], &[26, 26, 33]);
         assert_eq!(
-            render(&r),
+            render(&r, None),
             "workers [######....] 5/8  queue [#.........] 1/1024  live 6  123 conn/s  \
              in 1.2 MB/s  out 999 B/s  wait p50 26us p99 33us"
         );
         let full = report(8, 1024, [2.5, 12_345.0, 3.2e9], &[1500]);
         assert_eq!(
-            render(&full),
+            render(&full, None),
             "workers [##########] 8/8  queue [##########] 1024/1024  live 1032  2.5 conn/s  \
              in 12.3 kB/s  out 3.2 GB/s  wait p50 1.5ms p99 1.5ms"
+        );
+    }
+
+    #[test]
+    fn event_dispatch_adds_parked_ready_and_the_ready_wait() {
+        let mut r = report(2, 0, [40.0, 2_000.0, 2_000.0], &[12]);
+        r.stats.parked = 800;
+        r.stats.ready = 3;
+        r.stats.live = 805;
+        r.ready_wait_p50_us = 40;
+        r.ready_wait_p99_us = 1_200;
+        assert_eq!(
+            render(&r, Some(10_000)),
+            "workers [###.......] 2/8  queue [..........] 0/1024  parked [#.........] 800/10000  \
+             ready 3  live 805  40 conn/s  in 2.0 kB/s  out 2.0 kB/s  wait p50 12us p99 12us  \
+             ready wait p50 40us p99 1.2ms"
         );
     }
 
@@ -164,7 +196,7 @@ mod tests {
         r.stats.idle_timeouts = 2;
         r.last = true;
         assert_eq!(
-            render(&r),
+            render(&r, None),
             "workers [#.........] 1/8  queue [..........] 0/1024  live 1  0.0 conn/s  \
              in 0 B/s  out 0 B/s  wait p50 0us p99 0us  (final)\n  since start:  rejected 3 \
              (queue_full 2, shutdown 1)  idle 2"
@@ -172,17 +204,20 @@ mod tests {
     }
 
     #[test]
-    fn event_dispatch_adds_parked_and_ready() {
+    fn event_dispatch_shows_parked_against_max_connections() {
         let mut s = Counters::new(2, 4).snapshot(0);
         s.parked = 300;
         s.ready = 2;
         let mut ready = new_wait_histogram();
         ready.record(1500).unwrap();
         let r = Report::new(&s, [0.0; 3], [&new_wait_histogram(), &ready], false);
+        let line = render(&r, Some(10_000));
         assert!(
-            render(&r).contains("  parked 300 ready 2 (wait p99 1.5ms)"),
-            "{}",
-            render(&r)
+            line.contains("  parked [#.........] 300/10000  ready 2  live "),
+            "{line}"
         );
+        assert!(line.ends_with("  ready wait p50 1.5ms p99 1.5ms"), "{line}");
+        // Connection dispatch has neither, whatever the gauges say.
+        assert!(!render(&r, None).contains("parked"));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use poolserver::{MonitorFormat, Overflow, Server, Stats};
+use poolserver::{Dispatch, MonitorFormat, Overflow, Server, Stats};
 
 use crate::support::{self, connect, served_client, wait_until, ServerProcess, PATIENCE};
 
@@ -180,6 +180,98 @@ fn scrape_counts_held_connections_exactly() {
     // Scrapes are not the pool's connections.
     assert_eq!(server.stats().accepted, 3);
     server.shutdown(Duration::from_secs(5));
+}
+
+/// Pipes `exposition` through `promtool check metrics` and requires it to
+/// pass silently.
+fn promtool_check(promtool: &PathBuf, exposition: &str) {
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?}\n{}{}\n--- the exposition:\n{exposition}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+#[test]
+fn event_dispatch_exposes_parked_ready_and_the_ready_wait() {
+    let server = support::builder()
+        .workers(2)
+        .dispatch(Dispatch::Event)
+        .max_connections(50)
+        .metrics_addr("127.0.0.1:0")
+        .start()
+        .unwrap();
+    let maddr = server.metrics_addr().unwrap();
+    // More served connections than workers, all idle now: parked.
+    let clients: Vec<TcpStream> = (0..5).map(|_| served_client(server.local_addr())).collect();
+    wait_until("all five parked", || server.stats().parked == 5);
+    let m = get_metrics(maddr);
+    for (series, want) in [
+        ("poolserver_connections_parked", 5.0),
+        ("poolserver_connections_ready", 0.0),
+        ("poolserver_connections_max", 50.0),
+        ("poolserver_connections_open", 5.0),
+        ("poolserver_workers_busy", 0.0),
+        ("poolserver_connections_accepted_total", 5.0),
+    ] {
+        assert_eq!(sample(&m, series), want, "{series}");
+    }
+    // A parked connection that becomes readable waits in the ready queue
+    // for a worker: one more round trip each is one more wait each.
+    let before = sample(&m, "poolserver_ready_wait_seconds_count");
+    let mut clients = clients;
+    for c in &mut clients {
+        support::round_trip(c, b"again\n", b"AGAIN\n");
+    }
+    wait_until("all five parked again", || server.stats().parked == 5);
+    let m = get_metrics(maddr);
+    assert_eq!(
+        sample(&m, "poolserver_ready_wait_seconds_count"),
+        before + 5.0
+    );
+    assert_eq!(
+        sample(&m, "poolserver_ready_wait_seconds_bucket{le=\"+Inf\"}"),
+        before + 5.0
+    );
+    if let Some(promtool) = tool("promtool") {
+        promtool_check(&promtool, &m);
+    }
+    drop(clients);
+    wait_until("all closed", || server.stats().live == 0);
+    let m = get_metrics(maddr);
+    assert_eq!(sample(&m, "poolserver_connections_parked"), 0.0);
+    server.shutdown(Duration::from_secs(5));
+
+    // Connection dispatch leaves the event-only series out.
+    let plain = metrics_server(1);
+    let m = get_metrics(plain.metrics_addr().unwrap());
+    for name in [
+        "connections_parked",
+        "connections_ready",
+        "ready_wait_seconds",
+    ] {
+        assert!(
+            !m.contains(&format!("poolserver_{name}")),
+            "{name} in:\n{m}"
+        );
+    }
+    plain.shutdown(Duration::ZERO);
 }
 
 /// A monitor sink the test can read.
@@ -361,27 +453,7 @@ fn promtool_accepts_the_exposition() {
     }
     wait_until("served", || server.stats().closed == 3);
     let exposition = get_metrics(server.metrics_addr().unwrap());
-    let mut check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {:?}\n{}{}\n--- the exposition:\n{exposition}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    promtool_check(&promtool, &exposition);
     server.shutdown(Duration::from_secs(5));
 }
 
