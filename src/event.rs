@@ -449,6 +449,9 @@ impl EventPool {
 
     /// Serves bytes that did not come from a read of this slice.
     fn feed(&self, local: &mut Local, conn: &mut Conn, input: &[u8]) -> io::Result<Flow> {
+        // Counted as read: they are the client's data (a PROXY header is not).
+        self.counters.worker_io(local.id).read(input.len());
+        conn.bytes_in += input.len() as u64;
         let out = &mut local.bufs.output;
         out.clear();
         out.reserve(self.service.max_output(input.len()));

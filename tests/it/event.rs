@@ -398,3 +398,75 @@ fn the_binary_takes_dispatch_and_max_connections_and_refuses_bad_values() {
         assert!(err.contains(flag), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn event_dispatch_reads_proxy_headers_and_writes_access_lines() {
+    let mut p = support::ServerProcess::start(&[
+        "--dispatch",
+        "event",
+        "--access-log",
+        "--proxy-protocol",
+        "--workers",
+        "1",
+        "--idle-timeout",
+        "300ms",
+        "--log-level",
+        "warn",
+    ]);
+    let line_of = |p: &mut support::ServerProcess, client: &str| {
+        let needle = format!("poolserver::access: client={client} ");
+        p.wait_for_line(|l| l.contains(&needle))
+    };
+    let field = |line: &str, key: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    // The header and the first data in one write; served, parked, served.
+    let mut a = connect(p.addr);
+    let mut first = crate::proxy::v2("127.0.0.2:5555");
+    first.extend_from_slice(b"hello\n");
+    round_trip(&mut a, &first, b"HELLO\n");
+    // A second client while the first is parked: one worker serves both.
+    let mut b = connect(p.addr);
+    let mut first = crate::proxy::v2("127.0.0.3:6666");
+    first.extend_from_slice(b"hi\nexi");
+    round_trip(&mut b, &first, b"HI\n");
+    round_trip(&mut a, b"again\n", b"AGAIN\n");
+    a.write_all(b"quit\n").unwrap();
+    assert_eq!(read_to_close(&mut a), b"");
+    let line = line_of(&mut p, "127.0.0.2:5555");
+    assert_eq!(
+        (field(&line, "in"), field(&line, "out"), field(&line, "end")),
+        (Some("17".into()), Some("12".into()), Some("exit".into())),
+        "{line}"
+    );
+    // The second goes idle holding `exi`.
+    assert_eq!(read_to_close(&mut b), b"EXI");
+    let line = line_of(&mut p, "127.0.0.3:6666");
+    assert_eq!(
+        (field(&line, "in"), field(&line, "out"), field(&line, "end")),
+        (Some("6".into()), Some("6".into()), Some("idle".into())),
+        "{line}"
+    );
+    p.signal("TERM");
+    assert!(p.wait_exit(support::PATIENCE).success());
+}
+
+#[test]
+fn max_connections_that_cannot_fit_the_open_file_limit_is_warned_about() {
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=256:256", env!("CARGO_BIN_EXE_poolserver")]);
+    let mut p = support::ServerProcess::start_with(
+        cmd,
+        &["--dispatch", "event", "--max-connections", "1000"],
+    );
+    let line = p.wait_for_line(|l| l.contains("--max-connections 1000 needs about"));
+    assert!(line.contains("the limit is 256"), "{line}");
+    // It still serves.
+    let mut c = connect(p.addr);
+    round_trip(&mut c, b"fits\n", b"FITS\n");
+    quit(c);
+    p.signal("TERM");
+    assert!(p.wait_exit(support::PATIENCE).success());
+}
