@@ -34,6 +34,9 @@
 //! | the shutdown signal | `shutdown.rs` |
 //! | one log line per interval | `ratelimit.rs` |
 //! | the Prometheus endpoint | `metrics.rs`, `metrics/http.rs` |
+//! | the PROXY protocol header, `--proxy-from` | [`Cidr`], [`AllowList`] (`proxy.rs`) |
+//! | the access log | `access.rs` |
+//! | systemd: notify, watchdog, socket activation | [`systemd`] |
 //! | the `poolclient` conversation | [`client`] |
 //! | the `poolload` drivers, reply check and report | [`load`] |
 //!
@@ -89,6 +92,7 @@ mod server;
 mod service;
 mod shutdown;
 mod stats;
+pub mod systemd;
 
 pub use access::ACCESS_TARGET;
 pub use admission::DEFAULT_MAX_CONNECTIONS;

@@ -196,6 +196,13 @@ impl Server {
     pub(crate) fn start(b: ServerBuilder) -> Result<Server, Error> {
         let listen_backlog = b.listen_backlog.unwrap_or(b.backlog);
         let hand_over = b.hand_over();
+        let listening = if b.inherited {
+            "listener from systemd".to_string()
+        } else if b.reuse_port {
+            format!("listen backlog {listen_backlog}, reuse-port")
+        } else {
+            format!("listen backlog {listen_backlog}")
+        };
         let listener = match b.listener {
             Some(ref l) => l.try_clone().map_err(|source| Error::Bind {
                 addr: "the given listener".into(),
@@ -341,7 +348,7 @@ impl Server {
         info!(
             target: STARTUP_TARGET,
             "listening on {local_addr} with {} workers, accept queue capacity {} \
-             (listen backlog {listen_backlog}, overflow {}), dispatch {}{}{}",
+             ({listening}, overflow {}), dispatch {}{}{}",
             b.workers,
             b.backlog,
             b.overflow,

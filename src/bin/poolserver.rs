@@ -280,6 +280,19 @@ fn main() -> ExitCode {
         ServiceArg::Echo => builder.event_service(Echo),
     };
 
+    // Socket activation: systemd's listener replaces --addr.
+    match poolserver::systemd::inherited_listener() {
+        Ok(Some(listener)) => {
+            info!("using the listening socket passed by systemd (LISTEN_FDS); --addr is ignored");
+            builder = builder.inherited_listener(listener);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("poolserver: the socket passed in LISTEN_FDS is unusable: {e}");
+            return ExitCode::from(2);
+        }
+    }
+
     let server = match builder.start() {
         Ok(server) => server,
         Err(e) => {
@@ -295,6 +308,15 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
+    // Under systemd (Type=notify): ready now that every thread runs.
+    poolserver::systemd::notify_ready();
+    let watchdog = match poolserver::systemd::Watchdog::start() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("poolserver: cannot start the systemd watchdog thread: {e}");
+            return ExitCode::from(1);
+        }
+    };
 
     if let Some(sig) = signals.forever().next() {
         let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
@@ -303,7 +325,10 @@ fn main() -> ExitCode {
             humantime::format_duration(args.shutdown_timeout)
         );
     }
+    poolserver::systemd::notify_stopping();
     let stats = server.shutdown(args.shutdown_timeout);
+    // Pinged through the whole shutdown, which may take the grace period.
+    drop(watchdog);
     info!(
         "stopped: {} connections accepted, {} served, {} turned away",
         stats.accepted, stats.closed, stats.rejected

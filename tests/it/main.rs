@@ -33,3 +33,6 @@ mod proxy;
 mod reuse_port;
 /// Graceful shutdown through the library API (§4).
 mod shutdown;
+/// Under systemd: socket activation, notifications, the queue left to the
+/// next instance.
+mod systemd;

@@ -115,9 +115,22 @@ impl ServerProcess {
 
     /// Like [`start_with`](Self::start_with) on a given address.
     pub fn start_on(mut cmd: Command, addr: &str, args: &[&str]) -> ServerProcess {
+        cmd.args(["--addr", addr]).args(args);
+        let mut p = Self::spawn(cmd);
+        let line = p.wait_for_line(|l| l.contains("listening on "));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address after 'listening on'");
+        p.addr = addr.parse().expect("a socket address");
+        p
+    }
+
+    /// Runs `cmd` (the server, or a wrapper that starts it later) with its
+    /// stderr collected; `addr` is left unset.
+    pub fn spawn(mut cmd: Command) -> ServerProcess {
         let mut child = cmd
-            .args(["--addr", addr])
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,20 +146,12 @@ impl ServerProcess {
                 }
             }
         });
-        let mut p = ServerProcess {
+        ServerProcess {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             lines: rx,
             seen: Vec::new(),
-        };
-        let line = p.wait_for_line(|l| l.contains("listening on "));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address after 'listening on'");
-        p.addr = addr.parse().expect("a socket address");
-        p
+        }
     }
 
     /// Waits for a stderr line matching `pred` and returns it.
