@@ -18,6 +18,8 @@ mod client;
 mod event;
 /// The fuzz corpus, replayed through the fuzz target's checks on stable.
 mod fuzz_replay;
+/// Two poolservers behind the real HAProxy (`deploy/haproxy.cfg`).
+mod haproxy;
 /// The `poolload` load generator (§6).
 mod load;
 /// The Prometheus endpoint, promtool, a real Prometheus, the pretty monitor.

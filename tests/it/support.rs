@@ -49,6 +49,20 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Connects to `to` from the loopback address `ip` (127.0.0.2, …), with
+/// the same timeouts as [`connect`].
+pub fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let from: SocketAddr = format!("{ip}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
 /// Waits until `cond` holds, checking every few milliseconds; panics with
 /// `what` if it does not hold within [`PATIENCE`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -174,6 +188,13 @@ impl ServerProcess {
                     self.seen.join("\n")
                 ),
             }
+        }
+    }
+
+    /// Takes the stderr lines that have arrived, without waiting.
+    pub fn collect_lines(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
         }
     }
 
