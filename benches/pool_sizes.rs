@@ -1,16 +1,21 @@
 //! How the size of the worker pool shapes throughput: round trips per
 //! second for every pool size in {1, 2, 4, 8, 16, 32} against every number
-//! of concurrent connections in {1, 8, 64}.
+//! of concurrent connections in {1, 8, 64}, in connection dispatch (group
+//! `pool_sizes`); and event dispatch with more connections than workers,
+//! pool sizes {1, 2, 8} against {64, 512} connections (group
+//! `pool_sizes_event`).
 //!
 //! ```text
 //! cargo bench --bench pool_sizes
-//! python3 scripts/plot_benches.py          # docs/pool_sizes.png + a table
+//! cargo bench --bench pool_sizes -- pool_sizes_event    # event mode only
+//! python3 scripts/plot_benches.py          # docs/pool_sizes.png + tables
 //! ```
 //!
 //! The server runs in-process through the library, on 127.0.0.1 port 0,
-//! with the monitor off. One server is started per pool size, outside the
-//! timed part, and reused by every connection count and iteration; it is
-//! shut down (and its counters checked) when that pool size is done.
+//! with the monitor off. One server is started per pool size (and mode),
+//! outside the timed part, and reused by every connection count and
+//! iteration; it is shut down (and its counters checked) when that pool
+//! size is done.
 //!
 //! # What one iteration is
 //!
@@ -27,7 +32,8 @@
 //!   than workers, the extra connections wait in the accept queue until a
 //!   worker finishes one (when its client closes); that wait *is* part of
 //!   what this bench shows, since it is what a client of a too-small pool
-//!   experiences.
+//!   experiences. In event dispatch a connection holds a worker only while
+//!   it has data, so all of them progress together.
 //!
 //! `Throughput::Elements` is the number of round trips in one iteration
 //! (`C * ROUND_TRIPS`), so criterion reports round trips per second.
@@ -36,7 +42,9 @@
 //!
 //! The machine this was written on has 2 cores, shared by the client
 //! threads and the server. Flat sampling with 10 samples, 0.5 s of warm-up
-//! and 2 s of measurement per point keep the 18 points to a few minutes.
+//! and 2 s of measurement per point keep the 24 points to a few minutes.
+//! 512 client threads are spawned per event-mode iteration at 512
+//! connections, outside the timed part like the connects.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -47,10 +55,13 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use poolserver::Server;
+use poolserver::{Dispatch, Server};
 
 const WORKERS: [usize; 6] = [1, 2, 4, 8, 16, 32];
 const CONNECTIONS: [usize; 3] = [1, 8, 64];
+/// Event dispatch: pool sizes against connection counts above them.
+const EVENT_WORKERS: [usize; 3] = [1, 2, 8];
+const EVENT_CONNECTIONS: [usize; 2] = [64, 512];
 /// Round trips per connection per iteration. Large enough that a
 /// connection's cost is dominated by its round trips, not by the first
 /// (queue hand-off) one, small enough that 64 connections through one
@@ -149,41 +160,78 @@ fn run_once(addr: SocketAddr, conns: usize, msgs: &Messages) -> Duration {
     .elapsed()
 }
 
-fn pool_sizes(c: &mut Criterion) {
-    let msgs = Messages::new();
-    let mut group = c.benchmark_group("pool_sizes");
-    // One iteration takes milliseconds to a few hundred milliseconds:
-    // flat sampling avoids the linear mode's 55-iteration minimum.
+/// Flat sampling, 10 samples, short warm-up and measurement: one iteration
+/// takes milliseconds to a few hundred milliseconds, and flat sampling
+/// avoids the linear mode's 55-iteration minimum.
+fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+}
 
+/// Benches every connection count in `conns` against one server with
+/// `workers` workers in `dispatch` mode, then shuts it down and checks its
+/// counters.
+fn bench_pool(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    msgs: &Messages,
+    dispatch: Dispatch,
+    workers: usize,
+    conns: &[usize],
+) {
+    let server = Server::builder()
+        .addr("127.0.0.1:0")
+        .workers(workers)
+        .backlog(1024)
+        .dispatch(dispatch)
+        .monitor_interval(Duration::ZERO)
+        .start()
+        .expect("start the server");
+    let addr = server.local_addr();
+
+    for &conns in conns {
+        group.throughput(Throughput::Elements((conns * ROUND_TRIPS) as u64));
+        let id = BenchmarkId::new(format!("conns={conns}"), format!("workers={workers}"));
+        group.bench_with_input(id, &conns, |b, &conns| {
+            b.iter_custom(|iters| (0..iters).map(|_| run_once(addr, conns, msgs)).sum())
+        });
+    }
+
+    // Every connection was closed by its client, so this returns as soon
+    // as the threads are joined.
+    let stats = server.shutdown(Duration::from_secs(2));
+    assert_eq!(stats.panics, 0, "workers panicked: {stats:?}");
+    assert_eq!(stats.live, 0, "connections left open: {stats:?}");
+    assert_eq!(stats.rejected, 0, "connections turned away: {stats:?}");
+}
+
+fn pool_sizes(c: &mut Criterion) {
+    let msgs = Messages::new();
+    let mut group = c.benchmark_group("pool_sizes");
+    configure(&mut group);
     for workers in WORKERS {
-        let server = Server::builder()
-            .addr("127.0.0.1:0")
-            .workers(workers)
-            .backlog(1024)
-            .monitor_interval(Duration::ZERO)
-            .start()
-            .expect("start the server");
-        let addr = server.local_addr();
+        bench_pool(
+            &mut group,
+            &msgs,
+            Dispatch::Connection,
+            workers,
+            &CONNECTIONS,
+        );
+    }
+    group.finish();
 
-        for conns in CONNECTIONS {
-            group.throughput(Throughput::Elements((conns * ROUND_TRIPS) as u64));
-            let id = BenchmarkId::new(format!("conns={conns}"), format!("workers={workers}"));
-            group.bench_with_input(id, &conns, |b, &conns| {
-                b.iter_custom(|iters| (0..iters).map(|_| run_once(addr, conns, &msgs)).sum())
-            });
-        }
-
-        // Every connection was closed by its client, so this returns as
-        // soon as the threads are joined.
-        let stats = server.shutdown(Duration::from_secs(2));
-        assert_eq!(stats.panics, 0, "workers panicked: {stats:?}");
-        assert_eq!(stats.live, 0, "connections left open: {stats:?}");
-        assert_eq!(stats.rejected, 0, "connections turned away: {stats:?}");
+    let mut group = c.benchmark_group("pool_sizes_event");
+    configure(&mut group);
+    for workers in EVENT_WORKERS {
+        bench_pool(
+            &mut group,
+            &msgs,
+            Dispatch::Event,
+            workers,
+            &EVENT_CONNECTIONS,
+        );
     }
     group.finish();
 }

@@ -1,43 +1,70 @@
 #!/usr/bin/env bash
-# compare.sh — poolserver against the two baseline servers, measured with
-# poolload, on 127.0.0.1.
+# compare.sh — poolserver (both dispatch modes) against the two baseline
+# servers, measured with poolload, on 127.0.0.1.
 #
 # Usage:
-#   scripts/compare.sh [-r ROUNDS] [-d DURATION] [-w WORKERS] [-c CONNS]
-#                      [-s SIZE] [--bulk-mib MIB] [--out DIR] [--no-build]
+#   scripts/compare.sh [-r ROUNDS] [-d DURATION] [-w WORKERS] [-s SIZE]
+#                      [--scenarios LIST] [--servers LIST] [--bulk-mib MIB]
+#                      [--idle N] [--idle-interval DUR] [--out DIR] [--no-build]
 #
-# Servers (all started once, on port 0, and kept for the whole run):
-#   poolserver        --workers W --monitor-interval 0   (the uppercase loop)
-#   poolserver_echo   the same with --service echo       (I/O ceiling: no transform)
+# Servers (--servers, comma-separated; default
+# poolserver,poolserver_event,thread_per_conn,tokio_per_conn):
+#   poolserver        --workers W --dispatch connection (a worker per connection, start to close)
+#   poolserver_event  --workers W --dispatch event --max-connections IDLE+2000
+#                     (idle connections wait in the poller, not on a worker)
+#   poolserver_echo   connection mode with --service echo (I/O ceiling: no transform)
 #   thread_per_conn   examples/thread_per_connection.rs  (one std thread per connection)
 #   tokio_per_conn    examples/tokio_per_connection.rs   (one tokio task per connection)
+# The event server's --max-connections is raised above its default (10,000)
+# so that the idle clients plus the others fit; it is still far below the
+# 20,000 descriptors the script asks for.
 #
-# Scenarios (poolload, every reply checked byte for byte):
-#   pingpong  -c C -s SIZE for DURATION (after 1 s of warm-up): round trips/s, latency
-#   bulk      one connection streaming MIB MiB: MB/s
-#   connect   -c C loops of connect, one round trip, quit, close: connections/s
+# Scenarios (--scenarios, comma-separated, in this order; default all):
+#   pingpong8     -c 8 ping-pong, SIZE-byte messages, DURATION after 1 s of warm-up
+#   pingpong64    the same with 64 connections
+#   pingpong512   the same with 512 connections
+#   bulk          one connection streaming MIB MiB: MB/s
+#   mixed         8 bulk streams (started 1 s before, stopped after) plus
+#                 64 ping-pong connections at once: the ping-pong p99
+#   connect       8 loops of connect, one round trip, quit, close: connections/s
+#   idle10k       IDLE mostly idle connections (a 16-byte line every
+#                 IDLE_INTERVAL each), nothing else: served, reply p99,
+#                 server RSS and threads
+#   idle10k_pp8   pingpong8 beside those IDLE idle connections
 #
-# Each scenario runs ROUNDS rounds against every server in turn (servers
-# interleaved within a round, so a slow spell of a shared machine hits all
-# of them alike); the table shows medians over the rounds and each
-# server's ratio to the two baselines. Peak RSS (VmHWM) of every server is
-# read from /proc after the last round. Raw poolload JSON lines, server logs
-# and the table are kept in the output directory.
+# Every reply is checked byte for byte by poolload. Each scenario gets
+# freshly started servers (so each server's peak RSS, VmHWM, belongs to one
+# scenario) and runs ROUNDS rounds; within a round the servers take turns,
+# their order rotating every round, so a slow spell of a shared machine
+# hits all of them alike. While each run lasts, the server's thread count
+# (entries of /proc/PID/task) and RSS are sampled every 0.5 s.
+# scripts/compare_table.py turns the results into medians, ratios and a
+# check of the targets of issue 8; the raw poolload JSON lines
+# (results.jsonl), the per-scenario server figures (servers.jsonl), server
+# logs and the tables stay in the output directory.
 #
-# Defaults: 5 rounds, 5 s per timed run, 8 workers, 8 connections, 64-byte
-# messages, 256 MiB bulk; about 5 × (4 × 6 + 4 × 6 + 4 × 1) s ≈ 4.5 minutes.
+# Defaults: 3 rounds, 5 s per timed run, 8 workers, 64-byte messages,
+# 256 MiB bulk, 10,000 idle connections every 2 s; all scenarios against
+# the four default servers take about 15 minutes.
 #
-# Needs: cargo, python3 (for the table), Linux /proc (for RSS).
+# Needs: cargo, python3, Linux /proc. Raises the soft descriptor limit to
+# the hard one (10,000 idle clients need 10,000 descriptors in poolload and
+# as many in the server).
 set -euo pipefail
 
-ROUNDS=5
+ROUNDS=3
 DURATION=5s
 WORKERS=8
-CONNS=8
 SIZE=64
 BULK_MIB=256
+IDLE=10000
+IDLE_INTERVAL=2s
 OUT=""
 BUILD=1
+ALL_SCENARIOS="pingpong8,pingpong64,pingpong512,bulk,mixed,connect,idle10k,idle10k_pp8"
+SCENARIOS=$ALL_SCENARIOS
+SERVER_LIST="poolserver,poolserver_event,thread_per_conn,tokio_per_conn"
+ORIG_ARGS="$*"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -46,14 +73,26 @@ while [[ $# -gt 0 ]]; do
         -r|--rounds) ROUNDS="$2"; shift 2 ;;
         -d|--duration) DURATION="$2"; shift 2 ;;
         -w|--workers) WORKERS="$2"; shift 2 ;;
-        -c|--connections) CONNS="$2"; shift 2 ;;
         -s|--size) SIZE="$2"; shift 2 ;;
+        --scenarios) SCENARIOS="$2"; shift 2 ;;
+        --servers) SERVER_LIST="$2"; shift 2 ;;
         --bulk-mib) BULK_MIB="$2"; shift 2 ;;
+        --idle) IDLE="$2"; shift 2 ;;
+        --idle-interval) IDLE_INTERVAL="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
+done
+
+IFS=, read -r -a SERVERS <<< "$SERVER_LIST"
+IFS=, read -r -a WANTED <<< "$SCENARIOS"
+for s in "${WANTED[@]}"; do
+    if [[ ",$ALL_SCENARIOS," != *",$s,"* ]]; then
+        echo "compare.sh: unknown scenario '$s' (known: $ALL_SCENARIOS)" >&2
+        exit 2
+    fi
 done
 
 cd "$(dirname "$0")/.."
@@ -62,40 +101,61 @@ BIN="$TARGET_DIR/release"
 OUT="${OUT:-$TARGET_DIR/compare/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
+SERVER_FIGS="$OUT/servers.jsonl"
 : > "$RESULTS"
+: > "$SERVER_FIGS"
+
+ulimit -n "$(ulimit -Hn)"
 
 if [[ $BUILD == 1 ]]; then
     echo "== building (release)" >&2
     cargo build --release --bins --examples
 fi
 
-# name -> command line; the order is the order within each round.
-SERVERS=(poolserver poolserver_echo thread_per_conn tokio_per_conn)
+# name -> command line.
 declare -A CMD EXPECT PID ADDR
 # --log-level stays at info: poolserver's "listening on ADDR" line is an info
 # line, and with the monitor off nothing else is logged per connection.
-CMD[poolserver]="$BIN/poolserver --addr 127.0.0.1:0 --workers $WORKERS --monitor-interval 0 --log-level info"
-CMD[poolserver_echo]="$BIN/poolserver --addr 127.0.0.1:0 --workers $WORKERS --monitor-interval 0 --log-level info --service echo"
+POOL="$BIN/poolserver --addr 127.0.0.1:0 --workers $WORKERS --monitor-interval 0 --log-level info"
+CMD[poolserver]="$POOL --dispatch connection"
+CMD[poolserver_event]="$POOL --dispatch event --max-connections $((IDLE + 2000))"
+CMD[poolserver_echo]="$POOL --dispatch connection --service echo"
 CMD[thread_per_conn]="$BIN/examples/thread_per_connection --addr 127.0.0.1:0"
 CMD[tokio_per_conn]="$BIN/examples/tokio_per_connection --addr 127.0.0.1:0"
 EXPECT[poolserver]=upper
+EXPECT[poolserver_event]=upper
 EXPECT[poolserver_echo]=echo
 EXPECT[thread_per_conn]=upper
 EXPECT[tokio_per_conn]=upper
+for name in "${SERVERS[@]}"; do
+    if [[ -z ${CMD[$name]:-} ]]; then
+        echo "compare.sh: unknown server '$name'" >&2
+        exit 2
+    fi
+done
 
-# Stop exactly the servers this script started (by pid), whatever happens.
-cleanup() {
+# Stop exactly the servers (and samplers, bulk loads) this script started,
+# by pid, whatever happens.
+EXTRA_PIDS=()
+stop_servers() {
     for name in "${!PID[@]}"; do
         kill "${PID[$name]}" 2>/dev/null || true
     done
     for name in "${!PID[@]}"; do
         wait "${PID[$name]}" 2>/dev/null || true
     done
+    PID=()
+}
+cleanup() {
+    for p in "${EXTRA_PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    stop_servers
 }
 trap cleanup EXIT
 
 start_server() {
-    local name="$1" log="$OUT/$1.log"
+    local name="$1" scenario="$2" log="$OUT/$2.$1.log"
     # shellcheck disable=SC2086  # the command line is meant to be split
     ${CMD[$name]} 2>"$log" &
     PID[$name]=$!
@@ -115,140 +175,138 @@ start_server() {
         exit 1
     fi
     ADDR[$name]=$addr
-    echo "== $name (pid ${PID[$name]}) listening on $addr" >&2
 }
 
-# One poolload run, appended to results.jsonl as
-# {"round":R,"server":S,"scenario":X,"exit":RC,"report":{...poolload --json...}}
-run_load() {
-    local round="$1" scenario="$2" name="$3"
-    shift 3
-    local line rc=0
-    line=$("$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q "$@") || rc=$?
-    [[ -n $line ]] || line=null
-    printf '{"round":%d,"server":"%s","scenario":"%s","exit":%d,"report":%s}\n' \
-        "$round" "$name" "$scenario" "$rc" "$line" >> "$RESULTS"
+# Samples a server's thread count and RSS every 0.5 s until killed (at most
+# 20 minutes), one "threads rss_kib" line each.
+sampler() {
+    local pid="$1" file="$2"
+    for _ in $(seq 2400); do
+        [[ -d /proc/$pid/task ]] || break
+        local threads rss
+        threads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        echo "$threads ${rss:-0}" >> "$file"
+        sleep 0.5
+    done
+}
+
+# One poolload run (with its arguments) against server $1: sets REPORT to
+# its JSON line (or null) and LOAD_RC to its exit status.
+load() {
+    local name="$1"
+    shift
+    LOAD_RC=0
+    "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q "$@" \
+        > "$OUT/line.tmp" || LOAD_RC=$?
+    REPORT=$(head -n 1 "$OUT/line.tmp")
+    REPORT=${REPORT:-null}
+}
+
+# Appends one result line to results.jsonl:
+# {"round":R,"server":S,"scenario":X,"exit":RC,"threads_max":T,"rss_max_kib":K,
+#  "report":{...poolload --json...}[,"bulk":{...the mixed scenario's bulk run...}]}
+record() {
+    local round="$1" scenario="$2" name="$3" rc="$4" report="$5" samples="$6" extra="${7:-}"
+    local tmax rmax
+    tmax=$(awk 'BEGIN {m = 0} $1 > m {m = $1} END {print m}' "$samples")
+    rmax=$(awk 'BEGIN {m = 0} $2 > m {m = $2} END {print m}' "$samples")
+    printf '{"round":%d,"server":"%s","scenario":"%s","exit":%d,"threads_max":%d,"rss_max_kib":%d,"report":%s%s}\n' \
+        "$round" "$name" "$scenario" "$rc" "$tmax" "$rmax" "$report" "$extra" >> "$RESULTS"
     if [[ $rc != 0 ]]; then
         echo "   !! $scenario against $name: poolload exited $rc" >&2
     fi
 }
 
-for name in "${SERVERS[@]}"; do
-    start_server "$name"
-done
+# The poolload arguments of each scenario (mixed adds its bulk streams).
+scenario_args() {
+    case "$1" in
+        pingpong8) echo "--mode pingpong -c 8 -s $SIZE -d $DURATION --warmup 1s" ;;
+        pingpong64) echo "--mode pingpong -c 64 -s $SIZE -d $DURATION --warmup 1s" ;;
+        pingpong512) echo "--mode pingpong -c 512 -s $SIZE -d $DURATION --warmup 1s" ;;
+        bulk) echo "--mode bulk -c 1 --bulk-mib $BULK_MIB --deadline 120s" ;;
+        mixed) echo "--mode pingpong -c 64 -s $SIZE -d $DURATION --warmup 1s" ;;
+        connect) echo "--mode connect -c 8 -s $SIZE -d $DURATION --warmup 1s" ;;
+        # The idle connections connect (paced, 64 at a time) during the
+        # warm-up; one that is still not connected when the measured time
+        # ends counts as never served.
+        idle10k) echo "--mode pingpong -c 0 --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup 5s" ;;
+        idle10k_pp8) echo "--mode pingpong -c 8 -s $SIZE --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup 5s" ;;
+    esac
+}
+
+run_one() {
+    local round="$1" scenario="$2" name="$3"
+    local samples="$OUT/samples.tmp"
+    : > "$samples"
+    sampler "${PID[$name]}" "$samples" &
+    local spid=$!
+    EXTRA_PIDS+=("$spid")
+    local args extra=""
+    read -r -a args <<< "$(scenario_args "$scenario")"
+    if [[ $scenario == mixed ]]; then
+        # 8 bulk streams far larger than the run, stopped with SIGTERM (which
+        # ends a poolload run early, with its report) once the ping-pong run
+        # is over; their own deadline bounds them if anything goes wrong.
+        local bulk_out="$OUT/bulk.tmp"
+        "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q \
+            --mode bulk -c 8 --bulk-mib 1000000 --deadline 60s > "$bulk_out" 2>/dev/null &
+        local bpid=$!
+        EXTRA_PIDS+=("$bpid")
+        sleep 1
+        load "$name" "${args[@]}"
+        kill -TERM "$bpid" 2>/dev/null || true
+        local brc=0
+        wait "$bpid" || brc=$?
+        local bline
+        bline=$(head -n 1 "$bulk_out")
+        extra=",\"bulk_exit\":$brc,\"bulk\":${bline:-null}"
+    else
+        load "$name" "${args[@]}"
+    fi
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    record "$round" "$scenario" "$name" "$LOAD_RC" "$REPORT" "$samples" "$extra"
+}
 
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "rustc: $(rustc --version)"
     echo "cpus: $(nproc)"
-    echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS connections=$CONNS size=$SIZE bulk_mib=$BULK_MIB"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "command: scripts/compare.sh $ORIG_ARGS"
+    echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS size=$SIZE bulk_mib=$BULK_MIB idle=$IDLE idle_interval=$IDLE_INTERVAL"
+    echo "scenarios: $SCENARIOS"
+    echo "servers: $SERVER_LIST"
 } > "$OUT/meta.txt"
 
-# Scenario by scenario: all rounds of one before the next, so that no
-# scenario runs in the wake of another (a connect storm leaves thousands of
-# sockets in TIME_WAIT and the scheduler's wake-up heuristics disturbed for
-# a few seconds, which hurts long-lived worker threads more than fresh
-# per-connection ones). Within a scenario the servers are interleaved and
-# their order rotates every round.
-run_scenario() {
-    local scenario=$1
-    shift
+# Scenario by scenario: all rounds of one before the next, each with fresh
+# servers, so that no scenario runs in the wake of another (a connect storm
+# leaves thousands of sockets in TIME_WAIT and the scheduler's wake-up
+# heuristics disturbed for a few seconds). Within a scenario the servers
+# are interleaved and their order rotates every round.
+for scenario in "${WANTED[@]}"; do
+    for name in "${SERVERS[@]}"; do
+        start_server "$name" "$scenario"
+    done
     for round in $(seq "$ROUNDS"); do
         echo "== $scenario round $round/$ROUNDS" >&2
-        local order=()
         for i in "${!SERVERS[@]}"; do
-            order+=("${SERVERS[$(( (i + round - 1) % ${#SERVERS[@]} ))]}")
-        done
-        for name in "${order[@]}"; do
-            run_load "$round" "$scenario" "$name" "$@"
+            name=${SERVERS[$(( (i + round - 1) % ${#SERVERS[@]} ))]}
+            run_one "$round" "$scenario" "$name"
         done
     done
-}
-run_scenario pingpong --mode pingpong -c "$CONNS" -s "$SIZE" -d "$DURATION" --warmup 1s
-run_scenario bulk --mode bulk -c 1 --bulk-mib "$BULK_MIB" --deadline 120s
-run_scenario connect --mode connect -c "$CONNS" -s "$SIZE" -d "$DURATION" --warmup 1s
-
-# Peak resident memory of each server over the whole run, before stopping it.
-RSS="$OUT/rss.jsonl"
-: > "$RSS"
-for name in "${SERVERS[@]}"; do
-    pid=${PID[$name]}
-    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    threads=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    printf '{"server":"%s","vmhwm_kib":%d,"vmrss_kib":%d,"threads":%d}\n' \
-        "$name" "${hwm:-0}" "${rss:-0}" "${threads:-0}" >> "$RSS"
+    # Peak resident memory of each server over this scenario's rounds.
+    for name in "${SERVERS[@]}"; do
+        pid=${PID[$name]}
+        hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        printf '{"scenario":"%s","server":"%s","vmhwm_kib":%d}\n' \
+            "$scenario" "$name" "${hwm:-0}" >> "$SERVER_FIGS"
+    done
+    stop_servers
 done
-cleanup
-PID=()
+rm -f "$OUT/samples.tmp" "$OUT/bulk.tmp" "$OUT/line.tmp"
 
-python3 - "$RESULTS" "$RSS" "$OUT/meta.txt" <<'EOF' | tee "$OUT/table.md"
-import json, statistics, sys
-
-results_path, rss_path, meta_path = sys.argv[1:4]
-runs = [json.loads(l) for l in open(results_path) if l.strip()]
-rss = {r["server"]: r for r in (json.loads(l) for l in open(rss_path) if l.strip())}
-servers = []
-for r in runs:
-    if r["server"] not in servers:
-        servers.append(r["server"])
-baselines = ["thread_per_conn", "tokio_per_conn"]
-
-# The headline metric of each scenario, and whether higher is better.
-scenarios = [
-    ("pingpong", "rt_per_sec", "round trips/s"),
-    ("bulk", "mb_per_sec", "MB/s"),
-    ("connect", "connects_per_sec", "connections/s"),
-]
-
-def median_of(server, scenario, key):
-    vals = [r["report"][key] for r in runs
-            if r["server"] == server and r["scenario"] == scenario
-            and r["report"] is not None and r["exit"] == 0]
-    return statistics.median(vals) if vals else None
-
-def failures(server, scenario):
-    bad = 0
-    for r in runs:
-        if r["server"] != server or r["scenario"] != scenario:
-            continue
-        rep = r["report"]
-        if r["exit"] != 0 or rep is None or rep["wrong_replies"] or rep["errors"] \
-                or rep["never_served"]:
-            bad += 1
-    return bad
-
-def fmt(x, digits=0):
-    return "–" if x is None else f"{x:,.{digits}f}"
-
-print("```")
-print(open(meta_path).read().rstrip())
-print("```\n")
-for scenario, key, unit in scenarios:
-    lat = scenario != "bulk"
-    head = f"| {scenario}: {unit} (median) | value"
-    head += " | p50 µs | p99 µs" if lat else ""
-    head += "".join(f" | vs {b}" for b in baselines) + " | failed runs |"
-    print(head)
-    print("|---" * (head.count("|") - 1) + "|")
-    for s in servers:
-        v = median_of(s, scenario, key)
-        row = f"| {s} | {fmt(v, 1 if scenario == 'bulk' else 0)}"
-        if lat:
-            row += f" | {fmt(median_of(s, scenario, 'p50_us'))} | {fmt(median_of(s, scenario, 'p99_us'))}"
-        for b in baselines:
-            bv = median_of(b, scenario, key)
-            row += f" | {v / bv:.2f}×" if v and bv else " | –"
-        row += f" | {failures(s, scenario)} |"
-        print(row)
-    print()
-
-print("| server | peak RSS (VmHWM) | RSS at end | threads at end |")
-print("|---|---:|---:|---:|")
-for s in servers:
-    r = rss.get(s, {})
-    print(f"| {s} | {r.get('vmhwm_kib', 0) / 1024:.1f} MiB | {r.get('vmrss_kib', 0) / 1024:.1f} MiB "
-          f"| {r.get('threads', 0)} |")
-EOF
+python3 scripts/compare_table.py "$OUT" | tee "$OUT/table.md"
 echo "== raw results, logs and this table: $OUT" >&2

@@ -5,6 +5,9 @@
 2. A full queue: RSS of `poolserver --workers 1 --backlog 10000` while one
    client holds the only worker and 10,000 more connections wait in the
    accept queue.
+3. Event dispatch: RSS and threads of `poolserver --dispatch event
+   --workers 8` while 10,000 connections, each served one round trip, sit
+   parked in the poller.
 
 Usage: scripts/memory.py [path/to/poolserver]   (default target/release/poolserver)
 Targets 127.0.0.1 only; every wait is bounded.
@@ -83,6 +86,35 @@ def main():
     for c in conns:
         c.close()
     holder.close()
+    p.terminate()
+    p.wait(timeout=30)
+
+    p, addr = start("--workers", "8", "--dispatch", "event",
+                    "--max-connections", str(QUEUED + 100), "--listen-backlog", "4096",
+                    "--idle-timeout", "0")
+    before = status(p.pid, "VmRSS")
+    conns = []
+    for i in range(QUEUED):
+        c = socket.create_connection(addr, timeout=10)
+        c.sendall(b"park me %d\n" % i)
+        want = b"PARK ME %d\n" % i
+        got = b""
+        while len(got) < len(want):  # bounded: each recv has a 10 s timeout
+            chunk = c.recv(64)
+            if not chunk:
+                break
+            got += chunk
+        assert got == want, (got, want)
+        conns.append(c)
+    fds = len(os.listdir(f"/proc/{p.pid}/fd"))
+    threads = len(os.listdir(f"/proc/{p.pid}/task"))
+    rss = status(p.pid, "VmRSS")
+    hwm = status(p.pid, "VmHWM")
+    print(f"event dispatch, 8 workers, {QUEUED} connections served and parked ({fds} fds open, "
+          f"{threads} threads): RSS {mib(rss)} (peak {mib(hwm)}; {mib(before)} before)  "
+          f"(target <= 32 MiB)")
+    for c in conns:
+        c.close()
     p.terminate()
     p.wait(timeout=30)
 

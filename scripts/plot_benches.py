@@ -13,9 +13,10 @@ sampling, the mean for flat sampling (which pool_sizes uses), with the 95%
 confidence interval.
 
 It writes ``docs/pool_sizes.png`` (round trips per second against the pool
-size, one line per number of concurrent connections) and prints markdown
-tables for ``pool_sizes`` and ``transform`` to standard output, ready to
-paste into docs/benchmarks.md.
+size, one line per number of concurrent connections: solid for connection
+dispatch, group ``pool_sizes``; dashed for event dispatch, group
+``pool_sizes_event``) and prints markdown tables for both groups and for
+``transform`` to standard output, ready to paste into docs/benchmarks.md.
 
 Needs matplotlib (``pip install matplotlib``) for the plot only; without it
 the tables are still printed.
@@ -86,11 +87,11 @@ def human(x):
     return f"{x:.0f}"
 
 
-def pool_table(results):
-    """{conns: {workers: (rate, rate_low, rate_high)}} for pool_sizes."""
+def pool_table(results, group="pool_sizes"):
+    """{conns: {workers: (rate, rate_low, rate_high)}} for one group."""
     table = {}
     for r in results:
-        if r["group"] != "pool_sizes" or r["kind"] != "Elements":
+        if r["group"] != group or r["kind"] != "Elements":
             continue
         conns, workers = number(r["function"], "conns"), number(r["value"], "workers")
         if conns is None or workers is None:
@@ -104,14 +105,15 @@ def pool_table(results):
     return table
 
 
-def print_pool_markdown(table):
+def print_pool_markdown(table, group="pool_sizes"):
     if not table:
-        print("(no pool_sizes results found)")
+        print(f"(no {group} results found)\n")
         return
     conns = sorted(table)
     workers = sorted({w for row in table.values() for w in row})
-    print("Round trips per second (64-byte messages; criterion estimate, "
-          "95% CI in brackets):\n")
+    mode = "event dispatch" if group.endswith("event") else "connection dispatch"
+    print(f"`{group}`, {mode}: round trips per second (64-byte messages; "
+          "criterion estimate, 95% CI in brackets):\n")
     print("| workers | " + " | ".join(f"{c} conn{'s' if c > 1 else ''}" for c in conns) + " |")
     print("|---:|" + "---:|" * len(conns))
     for w in workers:
@@ -145,7 +147,7 @@ def print_bytes_markdown(results):
     print()
 
 
-def plot(table, out):
+def plot(table, out, event_table=None):
     try:
         import matplotlib
 
@@ -155,16 +157,22 @@ def plot(table, out):
         print("matplotlib is not installed (pip install matplotlib); no plot written",
               file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in sorted(table):
-        ws = sorted(table[c])
-        rates = [table[c][w][0] for w in ws]
-        low = [table[c][w][0] - table[c][w][1] for w in ws]
-        high = [table[c][w][2] - table[c][w][0] for w in ws]
-        ax.errorbar(ws, rates, yerr=[low, high], marker="o", capsize=3,
-                    label=f"{c} concurrent connection{'s' if c > 1 else ''}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    tables = [(table, "-", "o", "")]
+    if event_table:
+        tables.append((event_table, "--", "s", ", event dispatch"))
+    for tab, style, marker, suffix in tables:
+        for c in sorted(tab):
+            ws = sorted(tab[c])
+            rates = [tab[c][w][0] for w in ws]
+            low = [tab[c][w][0] - tab[c][w][1] for w in ws]
+            high = [tab[c][w][2] - tab[c][w][0] for w in ws]
+            ax.errorbar(ws, rates, yerr=[low, high], marker=marker, linestyle=style,
+                        capsize=3,
+                        label=f"{c} concurrent connection{'s' if c > 1 else ''}{suffix}")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({w for row in table.values() for w in row}))
+    ax.set_xticks(sorted({w for _, tab in [(0, table), (0, event_table or {})]
+                          for row in tab.values() for w in row}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("workers in the pool")
     ax.set_ylabel("round trips per second (64 B)")
@@ -173,7 +181,7 @@ def plot(table, out):
         matplotlib.ticker.FuncFormatter(lambda y, _: human(y)))
     ax.set_title("poolserver: throughput by pool size (benches/pool_sizes.rs)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -197,10 +205,12 @@ def main():
         sys.exit(f"no benchmark results under {criterion_dir}")
 
     table = pool_table(results)
+    event_table = pool_table(results, "pool_sizes_event")
     print_pool_markdown(table)
+    print_pool_markdown(event_table, "pool_sizes_event")
     print_bytes_markdown(results)
-    if table:
-        plot(table, args.out)
+    if table or event_table:
+        plot(table, args.out, event_table)
 
 
 if __name__ == "__main__":
