@@ -24,7 +24,7 @@ use mio::Waker;
 /// expected to hold (each costs a descriptor and a few hundred bytes here,
 /// plus the kernel's socket buffers), while fitting common hard limits on
 /// open files (this project's machines: 20,000; many systems: 524,288)
-/// with room for the descriptors counted in [`FD_RESERVE`]. A higher figure
+/// with room for the server's own descriptors (`FD_RESERVE`). A higher figure
 /// would let a flood of connections run the process out of descriptors,
 /// where accepting starts to fail instead of waiting politely in the
 /// kernel's queue.

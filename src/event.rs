@@ -53,7 +53,7 @@ use parking_lot::Mutex;
 use crate::access::Ending;
 use crate::closer::Closer;
 use crate::connection::{is_timeout, is_write_stall, Connection, End, Limits, Pressure};
-use crate::poller::{Conn, Parking, Why};
+use crate::poller::{Conn, Parked, Parking, Why};
 use crate::pool::PoolContext;
 use crate::proxy::Gate;
 use crate::queue::Job;
@@ -286,6 +286,7 @@ impl EventPool {
             bytes_in: 0,
             bytes_out: 0,
             held: false,
+            registration: None,
         };
         self.serve(local, conn, Why::Readable, &leftover);
     }
@@ -294,8 +295,26 @@ impl EventPool {
     /// ready queue, or to the closer.
     /// `first`: bytes read before the slice (after a PROXY header), served
     /// before anything else.
-    fn serve(&self, local: &mut Local, mut conn: Conn, why: Why, first: &[u8]) {
+    fn serve(&self, local: &mut Local, conn: Conn, why: Why, first: &[u8]) {
         let busy = BusyGuard::new(&self.counters);
+        let (mut conn, mut why, mut first) = (conn, why, first);
+        // Loops only when a park finds data arrived since the last read.
+        while let Some(retry) = self.serve_slice(local, conn, why, first) {
+            (conn, why, first) = (retry, Why::Readable, &[]);
+        }
+        drop(busy);
+        self.check_finished();
+    }
+
+    /// One slice and the hand-off; the connection back if it must be read
+    /// again instead of parked.
+    fn serve_slice(
+        &self,
+        local: &mut Local,
+        mut conn: Conn,
+        why: Why,
+        first: &[u8],
+    ) -> Option<Conn> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if !first.is_empty() && self.feed(local, &mut conn, first)? == Flow::Close {
                 return Ok(Next::Close(Ending::Exit));
@@ -303,15 +322,17 @@ impl EventPool {
             self.slice(local, &mut conn, why)
         }));
         match outcome {
-            Ok(Ok(Next::Park)) => {
-                if let Err((conn, e)) = self.parking.park(conn) {
+            Ok(Ok(Next::Park)) => match self.parking.park(conn) {
+                Parked::Yes => {}
+                Parked::Retry(conn) => return Some(conn),
+                Parked::Failed(conn, e) => {
                     warn!(
                         "{}: cannot park the connection ({e}); closing it",
                         conn.peer
                     );
                     self.close(conn, Ending::Error);
                 }
-            }
+            },
             Ok(Ok(Next::Yield)) => self.parking.push(conn, Why::Yield),
             Ok(Ok(Next::Close(ending))) => self.close(conn, ending),
             Ok(Err(e)) => {
@@ -340,8 +361,7 @@ impl EventPool {
                 self.close(conn, Ending::Panic);
             }
         }
-        drop(busy);
-        self.check_finished();
+        None
     }
 
     /// Hands the connection to the closer for its lingering close.
@@ -352,7 +372,8 @@ impl EventPool {
 
     /// Fills in the access record (when the log is on) and takes the
     /// connection apart.
-    fn account(&self, conn: Conn, ending: Ending) -> (TcpStream, LiveGuard) {
+    fn account(&self, mut conn: Conn, ending: Ending) -> (TcpStream, LiveGuard) {
+        self.parking.forget(&mut conn);
         let Conn {
             stream,
             mut live,
@@ -465,6 +486,8 @@ impl EventPool {
     /// the two or three syscalls are rare in a steady state.
     fn set_held(&self, conn: &mut Conn, hold: bool) -> io::Result<()> {
         if hold {
+            // Held: no poller events wanted (each would wake the poller).
+            self.parking.forget(conn);
             conn.stream.set_read_timeout(Some(self.grace))?;
         }
         conn.stream.set_nonblocking(!hold)?;

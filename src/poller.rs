@@ -1,31 +1,37 @@
 //! Event dispatch's poller: where idle connections wait without a worker.
 //!
 //! One thread owns a mio [`Poll`] (epoll). A worker whose connection has
-//! nothing to read *parks* it here: the connection goes into the parked
-//! table and its socket is registered with the poller's epoll. When the
-//! socket becomes readable, its idle deadline passes, or the shutdown
-//! deadline passes, the poller takes it out of the table, deregisters it and
-//! pushes it onto the ready queue, where the next free worker picks it up.
+//! nothing to read *parks* it here: the connection goes into its slot of
+//! the parked table. When the socket becomes readable, its idle deadline
+//! passes, or the shutdown deadline passes, the poller takes it out of the
+//! table and pushes it onto the ready queue, where the next free worker
+//! picks it up.
 //!
 //! Decisions:
 //!
-//! * **Register on park, deregister on event** (httpd's way). mio 1.x is
-//!   edge-triggered with no oneshot, so a connection must not stay
-//!   registered while a worker serves it. Registering after the worker's
-//!   read said `WouldBlock` cannot lose data on Linux: `EPOLL_CTL_ADD`
-//!   checks the socket's current readiness and queues an event if bytes
-//!   arrived in between.
+//! * **Registered once, with a pending flag** (Go's netpoller way; approach
+//!   C of the research). mio 1.x is edge-triggered with no oneshot. The
+//!   first park registers the socket and it stays registered while the
+//!   connection moves between workers and the table; an edge that arrives
+//!   while a worker has it sets the slot's `pending` flag, and the next
+//!   park then answers "read again" instead of parking, so no edge is
+//!   lost. The first version registered on every park and deregistered on
+//!   every event (httpd's way): two `epoll_ctl` calls per round trip on the
+//!   poller's single thread; this one measured 1.4x its round trips at 512
+//!   clients (see the handoff note). A registration ends ([`Parking::forget`])
+//!   before the connection is closed, and while a worker *holds* it (no
+//!   events wanted then). Registering after a read said `WouldBlock` cannot
+//!   lose data on Linux either: `EPOLL_CTL_ADD` checks current readiness.
 //! * **Exactly one owner.** A connection is in exactly one place: the accept
-//!   queue, a worker, the ready queue, this table, or the closer. Insertion
-//!   and registration happen under the table's lock, so the poller cannot
-//!   take an entry (at a deadline) before its socket is registered, and a
-//!   socket is only ever registered while its entry is in the table.
-//! * **Generations.** A token is `slot | generation << 32`; every park gets
-//!   a new generation, so an event fetched in the same batch as a
-//!   deregistration, or a deadline of an earlier park, is recognised as
-//!   stale and ignored.
-//! * **Idle deadlines** sit in a binary heap with lazy deletion (entries of
-//!   connections that left are skipped when they come up); the heap is
+//!   queue, a worker, the ready queue, this table, or the closer. Every
+//!   change of a slot happens under the table's lock, so the poller and a
+//!   parking worker never both think they have a connection.
+//! * **Generations.** A token is `slot | generation << 32`; every new
+//!   registration gets a new generation, so an event fetched in the same
+//!   batch as a deregistration is recognised as stale and ignored.
+//! * **Idle deadlines** sit in a binary heap with lazy deletion (an entry
+//!   acts only if its connection is parked and really silent that long;
+//!   the others are skipped when they come up); the heap is
 //!   rebuilt from the table when stale entries outnumber live ones, so a
 //!   busy server's parks cannot grow it without bound.
 //! * **The ready queue is unbounded**, so the poller never blocks on a
@@ -81,6 +87,9 @@ pub(crate) struct Conn {
     /// The socket is blocking, with the park grace as its receive timeout
     /// (a worker holds it; see `event.rs`); otherwise non-blocking.
     pub(crate) held: bool,
+    /// Its registration with the poller's epoll, from its first park until
+    /// [`Parking::forget`].
+    pub(crate) registration: Option<Token>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -135,15 +144,39 @@ struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     parked: usize,
-    /// Idle deadlines; entries whose token no longer matches are stale.
+    /// Idle deadlines of parks; an entry is acted on only if its
+    /// connection is still parked and really idle that long.
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
+/// One registration with the poller's epoll: a connection's from its first
+/// park until it is forgotten (closed, or held by a worker).
 #[derive(Debug, Default)]
 struct Slot {
     generation: u32,
-    /// The connection, counted in the `parked` gauge while here.
-    conn: Option<(Conn, GaugeGuard)>,
+    state: State,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Free,
+    /// Registered; a worker or the ready queue has the connection.
+    /// `pending`: the socket became readable meanwhile (an edge that must
+    /// not be lost: the next park reads again instead of parking).
+    Out { pending: bool },
+    /// Registered and parked here, counted in the `parked` gauge.
+    Parked(Conn, GaugeGuard),
+}
+
+/// What [`Parking::park`] did.
+pub(crate) enum Parked {
+    /// The connection waits in the table.
+    Yes,
+    /// Data arrived since the worker's last read: read again.
+    Retry(Conn),
+    /// It could not be registered (epoll full): close it.
+    Failed(Conn, io::Error),
 }
 
 fn token(slot: u32, generation: u32) -> Token {
@@ -155,21 +188,44 @@ fn split(token: Token) -> (usize, u32) {
 }
 
 impl Table {
+    /// The slot of `token`, if the token is not stale.
+    fn slot(&mut self, token: Token) -> Option<&mut Slot> {
+        let (slot, generation) = split(token);
+        self.slots
+            .get_mut(slot)
+            .filter(|s| s.generation == generation)
+    }
+
     /// Takes the connection parked under `token`, if it is still there.
     fn take(&mut self, token: Token) -> Option<Conn> {
-        let (slot, generation) = split(token);
-        let s = self.slots.get_mut(slot)?;
-        if s.generation != generation {
+        let s = self.slot(token)?;
+        if !matches!(s.state, State::Parked(..)) {
             return None;
         }
-        let (conn, _parked) = s.conn.take()?;
-        s.generation = s.generation.wrapping_add(1);
-        self.free.push(slot as u32);
+        let State::Parked(conn, _gauge) =
+            std::mem::replace(&mut s.state, State::Out { pending: false })
+        else {
+            unreachable!("checked just above");
+        };
         self.parked -= 1;
         Some(conn)
     }
 
-    fn insert(&mut self, conn: (Conn, GaugeGuard)) -> Token {
+    /// The socket under `token` became readable: its connection if parked,
+    /// else the edge is remembered for the worker that has it.
+    fn on_event(&mut self, token: Token) -> Option<Conn> {
+        let s = self.slot(token)?;
+        match &mut s.state {
+            State::Parked(..) => self.take(token),
+            State::Out { pending } => {
+                *pending = true;
+                None
+            }
+            State::Free => None,
+        }
+    }
+
+    fn allocate(&mut self) -> Token {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -178,42 +234,83 @@ impl Table {
             }
         };
         let s = &mut self.slots[slot as usize];
-        s.conn = Some(conn);
-        self.parked += 1;
+        s.state = State::Out { pending: false };
         token(slot, s.generation)
     }
 
-    fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
+    fn release(&mut self, token: Token) {
+        let (slot, _) = split(token);
+        if let Some(s) = self.slot(token) {
+            s.state = State::Free;
+            s.generation = s.generation.wrapping_add(1);
+            self.free.push(slot as u32);
+        }
+    }
+
+    fn parked_tokens(&self) -> impl Iterator<Item = Token> + '_ {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.conn.is_some())
+            .filter(|(_, s)| matches!(s.state, State::Parked(..)))
             .map(|(i, s)| token(i as u32, s.generation))
     }
 }
 
 impl Parking {
     /// Parks `conn` until its socket is readable (or a deadline passes).
-    /// On failure (epoll cannot take another descriptor) the connection
-    /// comes back to the caller, who closes it.
-    #[allow(clippy::result_large_err)] // the error path is rare; no box on the common one
-    pub(crate) fn park(&self, conn: Conn) -> Result<(), (Conn, io::Error)> {
-        let fd = conn.stream.as_raw_fd();
+    /// The first park registers the socket; it stays registered while the
+    /// connection moves between workers and this table, so a round trip
+    /// costs no `epoll_ctl` (research approach C: an edge that comes while
+    /// a worker has the connection is kept as `pending`).
+    pub(crate) fn park(&self, mut conn: Conn) -> Parked {
         let deadline = self.idle_timeout.map(|t| conn.last_data + t);
-        let parked = GaugeGuard::new(&self.counters, Counters::parked);
         let mut table = self.table.lock();
-        let token = table.insert((conn, parked));
-        if let Err(e) = self
-            .registry
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
-        {
-            let conn = table.take(token).expect("inserted under this lock");
-            return Err((conn, e));
+        let token = match conn.registration {
+            Some(token) => token,
+            None => {
+                let token = table.allocate();
+                let fd = conn.stream.as_raw_fd();
+                if let Err(e) =
+                    self.registry
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                {
+                    table.release(token);
+                    return Parked::Failed(conn, e);
+                }
+                conn.registration = Some(token);
+                token
+            }
+        };
+        let Some(slot) = table.slot(token) else {
+            // Not reachable: only `forget` frees a slot, and it takes the
+            // registration off the connection.
+            conn.registration = None;
+            return Parked::Retry(conn);
+        };
+        if let State::Out { pending: true } = slot.state {
+            slot.state = State::Out { pending: false };
+            return Parked::Retry(conn);
         }
+        let gauge = GaugeGuard::new(&self.counters, Counters::parked);
+        slot.state = State::Parked(conn, gauge);
+        table.parked += 1;
         if let Some(at) = deadline {
             table.deadlines.push(Reverse((at, token.0)));
         }
-        Ok(())
+        Parked::Yes
+    }
+
+    /// Takes the connection out of the poller's epoll for good: before it
+    /// is closed, or while a worker holds it (no events wanted then).
+    pub(crate) fn forget(&self, conn: &mut Conn) {
+        if let Some(token) = conn.registration.take() {
+            // By descriptor: the socket is still open (the caller owns
+            // it), so this cannot hit a reused descriptor.
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+            self.table.lock().release(token);
+        }
     }
 
     /// Puts a connection on the ready queue (never blocks).
@@ -237,17 +334,6 @@ impl Parking {
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
-    }
-
-    /// Takes `token`'s connection out of the table and the epoll set.
-    fn unpark(&self, token: Token) -> Option<Conn> {
-        let conn = self.table.lock().take(token)?;
-        // Deregistering by descriptor: the socket is still open (we own
-        // it), so this cannot hit a reused descriptor.
-        let _ = self
-            .registry
-            .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
-        Some(conn)
     }
 }
 
@@ -312,7 +398,8 @@ impl Poller {
                 if event.token() == WAKER {
                     continue;
                 }
-                if let Some(conn) = p.unpark(event.token()) {
+                let conn = p.table.lock().on_event(event.token());
+                if let Some(conn) = conn {
                     p.push(conn, Why::Readable);
                 }
             }
@@ -321,11 +408,13 @@ impl Poller {
                 // Every parked connection gets its held bytes and a
                 // lingering close from a worker; one parked after this
                 // sweep is caught by the next (within a slice).
-                let tokens: Vec<Token> = p.table.lock().tokens().collect();
-                for t in tokens {
-                    if let Some(conn) = p.unpark(t) {
-                        p.push(conn, Why::Shutdown);
-                    }
+                let taken: Vec<Conn> = {
+                    let mut table = p.table.lock();
+                    let tokens: Vec<Token> = table.parked_tokens().collect();
+                    tokens.into_iter().filter_map(|t| table.take(t)).collect()
+                };
+                for conn in taken {
+                    p.push(conn, Why::Shutdown);
                 }
             }
         }
@@ -334,23 +423,35 @@ impl Poller {
 
     /// Pushes every connection whose idle deadline has passed.
     fn expire_idle(&self, p: &Parking) {
+        let Some(idle) = p.idle_timeout else { return };
         let now = Instant::now();
         loop {
-            let token = {
+            let conn = {
                 let mut table = p.table.lock();
                 match table.deadlines.peek() {
                     Some(Reverse((at, _))) if *at <= now => {}
                     _ => {
-                        compact(&mut table, p.idle_timeout);
+                        compact(&mut table, idle);
                         return;
                     }
                 }
                 let Some(Reverse((_, t))) = table.deadlines.pop() else {
                     return;
                 };
-                Token(t)
+                // Registrations outlive parks, so the entry may be an
+                // earlier park's: act only if the connection is parked and
+                // really silent that long.
+                let token = Token(t);
+                let idle_now = table.slot(token).is_some_and(
+                    |s| matches!(&s.state, State::Parked(conn, _) if conn.last_data + idle <= now),
+                );
+                if idle_now {
+                    table.take(token)
+                } else {
+                    None
+                }
             };
-            if let Some(conn) = p.unpark(token) {
+            if let Some(conn) = conn {
                 p.push(conn, Why::Idle);
             }
         }
@@ -360,8 +461,7 @@ impl Poller {
 /// Rebuilds the deadline heap from the table when stale entries (of
 /// connections that were unparked before their deadline) outnumber live
 /// ones: O(parked), at most once per that many parks.
-fn compact(table: &mut Table, idle_timeout: Option<Duration>) {
-    let Some(idle) = idle_timeout else { return };
+fn compact(table: &mut Table, idle: Duration) {
     if table.deadlines.len() <= 2 * table.parked + 1024 {
         return;
     }
@@ -370,7 +470,9 @@ fn compact(table: &mut Table, idle_timeout: Option<Duration>) {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| {
-            let (conn, _) = s.conn.as_ref()?;
+            let State::Parked(conn, _) = &s.state else {
+                return None;
+            };
             Some(Reverse((
                 conn.last_data + idle,
                 token(i as u32, s.generation).0,
@@ -383,6 +485,78 @@ fn compact(table: &mut Table, idle_timeout: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use crate::service::{EventService, Uppercase};
+
+    /// A parkable connection and its client end, over loopback.
+    fn conn_pair(counters: &Arc<Counters>) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let now = Instant::now();
+        let conn = Conn {
+            stream,
+            peer,
+            live: LiveGuard::new(counters, peer),
+            accepted_at: now,
+            session: Uppercase.open(peer),
+            last_data: now,
+            window_start: now,
+            window_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            held: false,
+            registration: None,
+        };
+        (conn, client)
+    }
+
+    /// Waits for the poller's next event and hands it to the table, as the
+    /// poller thread does.
+    fn next_event(poller: &mut Poller, parking: &Parking) -> Option<Conn> {
+        let mut events = Events::with_capacity(8);
+        poller
+            .poll
+            .poll(&mut events, Some(Duration::from_secs(20)))
+            .unwrap();
+        let token = events.iter().next().expect("an event").token();
+        parking.table.lock().on_event(token)
+    }
+
+    #[test]
+    fn an_edge_while_a_worker_has_the_connection_is_not_lost() {
+        let counters = Arc::new(Counters::new(1, 1));
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let shutdown = Arc::new(Shutdown::new());
+        let (mut poller, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
+        let (conn, mut client) = conn_pair(&counters);
+        assert!(matches!(parking.park(conn), Parked::Yes), "first park");
+        assert_eq!(counters.snapshot(0).parked, 1);
+
+        client.write_all(b"a").unwrap();
+        let mut conn = next_event(&mut poller, &parking).expect("the parked connection");
+        assert_eq!(counters.snapshot(0).parked, 0);
+        let mut buf = [0u8; 8];
+        assert_eq!((&conn.stream).read(&mut buf).unwrap(), 1);
+        // More data while the "worker" still has it: the edge is kept...
+        client.write_all(b"b").unwrap();
+        assert!(next_event(&mut poller, &parking).is_none());
+        // ...so parking says read again, and the data is there.
+        conn = match parking.park(conn) {
+            Parked::Retry(conn) => conn,
+            _ => panic!("a pending edge must not be parked over"),
+        };
+        assert_eq!((&conn.stream).read(&mut buf).unwrap(), 1);
+        assert!(matches!(parking.park(conn), Parked::Yes), "parked again");
+        // Still registered: the next byte wakes it without a new epoll_ctl.
+        client.write_all(b"c").unwrap();
+        let mut conn = next_event(&mut poller, &parking).expect("woken");
+        parking.forget(&mut conn);
+        assert!(conn.registration.is_none());
+    }
 
     #[test]
     fn tokens_round_trip_and_generations_differ() {
