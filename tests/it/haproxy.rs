@@ -222,6 +222,7 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
             h.stat("pool", s, "status") == "UP" && h.stat("pool", s, "check_status") == "L7OK"
         })
     });
+    eprintln!("health checks: a and b UP, check_status L7OK");
 
     // Right replies, and the true client in the access log: a client
     // bound to 127.0.0.2 shows as 127.0.0.2 and its own port.
@@ -278,6 +279,10 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
     });
     assert_eq!(h.stat("pool", "a", "scur"), "2");
     assert_eq!(h.stat("pool", "b", "scur"), "2");
+    eprintln!(
+        "pools full: a scur=2, b scur=2 (maxconn {}); one client in haproxy's queue (qcur=1)",
+        WORKERS - 1
+    );
     // Health checks still pass with every allowed connection in use.
     assert_eq!(
         (h.stat("pool", "a", "status"), h.stat("pool", "b", "status")),
@@ -310,6 +315,8 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
     // health check marks it DOWN).
     a.signal("TERM");
     assert!(a.wait_exit(PATIENCE).success());
+    h.collect_log();
+    let log_before = h.log.len();
     let before_b = served_by(b);
     let failures: Vec<String> = (0..20)
         .filter_map(|i| conversation(fe, &format!("after stop {i}")).err())
@@ -320,6 +327,16 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
         h.stat("pool", "a", "status").starts_with("DOWN")
     });
     assert_eq!(h.stat("pool", "b", "status"), "UP");
+    h.collect_log();
+    // tcplog's retries field reads `+N` when the session was redispatched.
+    let redispatched = h.log[log_before..]
+        .iter()
+        .filter(|l| l.contains("/+"))
+        .count();
+    eprintln!(
+        "a stopped: 20 of 20 new clients answered right, all by b ({redispatched} refused by a \
+         first and redispatched by haproxy); a DOWN, b UP"
+    );
 
     h.collect_log();
     assert!(
