@@ -156,8 +156,10 @@ fn an_inherited_listener_leaves_the_kernel_queue_to_the_next_instance() {
     });
     let mut waiting = connect(addr);
     waiting.write_all(b"next\n").unwrap();
-    drop(served);
+    // (`served` stays open: closing it would free a worker, and the
+    // acceptor would take `waiting` before shutdown begins.)
     server.shutdown(Duration::ZERO);
+    drop(served);
     // The next instance takes it from the same socket, untouched: the old
     // one wrote nothing to it (no BUSY).
     socket.set_nonblocking(true).unwrap();
