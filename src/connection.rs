@@ -318,8 +318,9 @@ impl<'a> Connection<'a> {
     }
 
     /// Writes all of `buf`, or fails if the client stops reading for the
-    /// write timeout, or the shutdown deadline passes while the write is
-    /// stuck.
+    /// write timeout, or the write is still stuck one second after the
+    /// shutdown deadline (a slow reader gets that second to take what was
+    /// answered).
     ///
     /// # Errors
     ///
@@ -336,7 +337,8 @@ impl<'a> Connection<'a> {
     }
 
     /// One write that makes progress, waiting (in slices) while the client
-    /// does not read, up to the write timeout or the shutdown deadline.
+    /// does not read, up to the write timeout or one second past the
+    /// shutdown deadline.
     fn write_some(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut stalled_since: Option<Instant> = None;
         loop {
@@ -348,10 +350,11 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) if is_timeout(&e) => {
                     let since = *stalled_since.get_or_insert_with(|| Instant::now() - POLL_SLICE);
-                    if self.shutdown.deadline_passed() {
+                    if self.shutdown.write_cutoff_passed() {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            "shutdown deadline passed while the client was not reading",
+                            "shutdown deadline (and its 1 s write grace) passed while the \
+                             client was not reading",
                         ));
                     }
                     if let Some(limit) = self.limits.write_timeout {

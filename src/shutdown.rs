@@ -26,6 +26,17 @@ use parking_lot::Mutex;
 /// a second, which is nothing next to the connection it is holding.
 pub(crate) const POLL_SLICE: Duration = Duration::from_millis(100);
 
+/// How long past the deadline a reply already being written may still take
+/// to reach a client that reads slowly.
+///
+/// Cutting it at the deadline itself would lose bytes the server had read
+/// and answered from a client that is reading, only slowly (on a loaded
+/// machine a client thread can be starved of CPU for a few hundred
+/// milliseconds); a client that reads nothing at all is still cut, one
+/// second later. Shutdown then takes at most the grace period, this second
+/// and the 2-second lingering close.
+pub(crate) const WRITE_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub(crate) struct Shutdown {
     begun: AtomicBool,
@@ -73,6 +84,16 @@ impl Shutdown {
         self.has_begun() && self.deadline.get().is_some_and(|d| Instant::now() >= *d)
     }
 
+    /// True once a reply still being written must give up: [`WRITE_GRACE`]
+    /// after the deadline.
+    pub(crate) fn write_cutoff_passed(&self) -> bool {
+        self.has_begun()
+            && self
+                .deadline
+                .get()
+                .is_some_and(|d| Instant::now() >= *d + WRITE_GRACE)
+    }
+
     /// A receiver that becomes ready (disconnected) when shutdown begins.
     pub(crate) fn signal(&self) -> &Receiver<()> {
         &self.signal
@@ -92,5 +113,6 @@ mod tests {
         assert!(!s.begin(Duration::from_secs(60)));
         assert!(s.signal().recv().is_err(), "disconnected once begun");
         assert!(s.deadline_passed(), "the first (zero) grace stands");
+        assert!(!s.write_cutoff_passed(), "writes get WRITE_GRACE more");
     }
 }
