@@ -12,9 +12,14 @@
 //!                         monitor: one report every --monitor-interval
 //! ```
 //!
-//! Each worker serves one connection's whole conversation — by default the
-//! uppercase loop: every byte comes back uppercased until the client closes
-//! or sends a line `exit` or `quit` — then takes the next connection.
+//! With [`Dispatch::Connection`] (the default) each worker serves one
+//! connection's whole conversation — by default the uppercase loop: every
+//! byte comes back uppercased until the client closes or sends a line
+//! `exit` or `quit` — then takes the next connection. With
+//! [`Dispatch::Event`] a worker serves a connection only while it has data;
+//! an idle one is parked with a poller thread (epoll) and comes back to a
+//! worker through a ready queue when it is readable, so far more
+//! connections than workers are served.
 //!
 //! Where to look:
 //!
@@ -24,7 +29,10 @@
 //! | starting the threads, stopping | [`Server`] (`server.rs`) |
 //! | the accept loop | `acceptor.rs` |
 //! | the accept queue: `Job`, its turn-away, its length | `queue.rs` |
-//! | the worker loop | `pool.rs` |
+//! | the worker loop (connection dispatch) | `pool.rs` |
+//! | the worker loop (event dispatch): slices, parking, yielding | `event.rs` |
+//! | where idle connections wait in event dispatch | `poller.rs` |
+//! | `--max-connections`, the open-files limit | `admission.rs` |
 //! | a connection's reads, writes and timeouts | [`Connection`] (`connection.rs`) |
 //! | the lingering close, the `BUSY` turn-away | `closer.rs` |
 //! | the uppercase byte rules, the `BUSY` lines | [`protocol`] |
