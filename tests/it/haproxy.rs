@@ -235,6 +235,11 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
     );
     c.write_all(b"quit\n").unwrap();
     assert_eq!(read_to_close(&mut c), b"");
+    // This client never closes its side: `timeout client-fin` (2 s, like
+    // poolserver's lingering close) frees its slot anyway.
+    wait_until("the half-closed client's slot is freed", || {
+        h.stat("pool", "a", "scur") == "0" && h.stat("pool", "b", "scur") == "0"
+    });
     drop(c);
     let needle = format!("poolserver::access: client={me} proxy=127.0.0.1:");
     wait_until("a server logs the true client", || {
