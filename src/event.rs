@@ -230,6 +230,7 @@ impl EventPool {
         // With --proxy-protocol, the header first (a blocking read bounded
         // by --proxy-timeout, as in connection mode; the socket is still
         // blocking here): the true client, and what came after the header.
+        let reading = BusyGuard::new(&self.counters);
         let (peer, leftover) = match &self.gate {
             None => (peer, Vec::new()),
             Some(gate) => match gate.admit(&stream, peer) {
@@ -245,6 +246,8 @@ impl EventPool {
                 }
             },
         };
+        // `serve` counts the worker busy from here on.
+        drop(reading);
         // Non-blocking to start with; the send timeout bounds a write on a
         // held (blocking) socket to one slice before the write-timeout
         // logic takes over.
