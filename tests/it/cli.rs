@@ -1,6 +1,9 @@
 //! The `poolserver` binary as a user runs it: flags and environment
 //! variables, exit codes, the startup and monitor lines, and signals.
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output};
@@ -75,12 +78,14 @@ fn an_address_in_use_exits_two_and_says_what_to_do() {
     assert!(err.contains("--addr"), "{err}");
 }
 
-#[test]
-fn environment_variables_set_flags_and_the_startup_line_tells_the_truth() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn environment_variables_set_flags_and_the_startup_line_tells_the_truth(#[case] mode: Dispatch) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolserver"));
     cmd.env("POOLSERVER_WORKERS", "3")
         .env("POOLSERVER_BACKLOG", "7");
-    let mut server = ServerProcess::start_with(cmd, &["--monitor-interval", "0"]);
+    let mut server = ServerProcess::start_with_in(mode, cmd, &["--monitor-interval", "0"]);
     let line = server.wait_for_line(|l| l.contains("listening on"));
     assert_ne!(server.addr.port(), 0);
     assert!(
@@ -99,14 +104,19 @@ fn environment_variables_set_flags_and_the_startup_line_tells_the_truth() {
     round_trip(&mut c, b"env\n", b"ENV\n");
 }
 
-#[test]
-fn a_listen_backlog_above_somaxconn_is_warned_about() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_listen_backlog_above_somaxconn_is_warned_about(#[case] mode: Dispatch) {
     let Ok(max) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else {
         return; // not Linux: nothing caps it
     };
     let asked = max.trim().parse::<u64>().unwrap() + 1;
     let asked = asked.to_string();
-    let mut server = ServerProcess::start(&["--listen-backlog", &asked, "--monitor-interval", "0"]);
+    let mut server = ServerProcess::start_in(
+        mode,
+        &["--listen-backlog", &asked, "--monitor-interval", "0"],
+    );
     let warning = server.wait_for_line(|l| l.contains("somaxconn"));
     assert!(
         warning.contains(&asked) && warning.contains(max.trim()),
@@ -114,16 +124,21 @@ fn a_listen_backlog_above_somaxconn_is_warned_about() {
     );
 }
 
-#[test]
-fn sigterm_with_live_connections_exits_zero_within_the_deadline() {
-    let mut server = ServerProcess::start(&[
-        "--workers",
-        "2",
-        "--shutdown-timeout",
-        "1s",
-        "--monitor-interval",
-        "1h",
-    ]);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn sigterm_with_live_connections_exits_zero_within_the_deadline(#[case] mode: Dispatch) {
+    let mut server = ServerProcess::start_in(
+        mode,
+        &[
+            "--workers",
+            "2",
+            "--shutdown-timeout",
+            "1s",
+            "--monitor-interval",
+            "1h",
+        ],
+    );
     let mut a = served_client(server.addr);
     let mut b = served_client(server.addr);
     let start = Instant::now();
@@ -151,9 +166,14 @@ fn sigterm_with_live_connections_exits_zero_within_the_deadline() {
     );
 }
 
-#[test]
-fn a_second_signal_exits_at_once_with_130() {
-    let mut server = ServerProcess::start(&["--shutdown-timeout", "1h", "--monitor-interval", "0"]);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_second_signal_exits_at_once_with_130(#[case] mode: Dispatch) {
+    let mut server = ServerProcess::start_in(
+        mode,
+        &["--shutdown-timeout", "1h", "--monitor-interval", "0"],
+    );
     let _client = served_client(server.addr);
     server.signal("INT");
     server.wait_for_line(|l| l.contains("SIGINT received"));
@@ -164,11 +184,19 @@ fn a_second_signal_exits_at_once_with_130() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
-#[test]
-fn text_monitor_lines_have_the_contract_fields_in_order() {
-    let mut server = ServerProcess::start(&["--workers", "2", "--monitor-interval", "100ms"]);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn text_monitor_lines_have_the_contract_fields_in_order(#[case] mode: Dispatch) {
+    let mut server =
+        ServerProcess::start_in(mode, &["--workers", "2", "--monitor-interval", "100ms"]);
     let _c = served_client(server.addr);
-    let line = server.wait_for_line(|l| l.contains("poolserver::monitor") && l.contains("live=1"));
+    // Event dispatch parks the silent client: it holds no worker.
+    let (ready, busy) = match mode {
+        Dispatch::Connection => ("live=1", "busy=1"),
+        Dispatch::Event => ("parked=1", "busy=0"),
+    };
+    let line = server.wait_for_line(|l| l.contains("poolserver::monitor") && l.contains(ready));
     let fields = line.split("poolserver::monitor: ").nth(1).unwrap();
     let keys: Vec<&str> = fields
         .split(' ')
@@ -182,24 +210,29 @@ fn text_monitor_lines_have_the_contract_fields_in_order() {
         assert!(keys.contains(&key), "{key} missing: {line}");
     }
     assert!(
-        fields.starts_with(
-            "busy=1 workers=2 queued=0 backlog=1024 live=1 accepted=1 rejected=0 closed=0"
-        ),
+        fields.starts_with(&format!(
+            "{busy} workers=2 queued=0 backlog=1024 live=1 accepted=1 rejected=0 closed=0"
+        )),
         "{line}"
     );
     assert!(line.contains("[INFO]"), "{line}");
 }
 
-#[test]
-fn json_monitor_goes_to_stdout_and_not_to_the_log() {
-    let mut server = ServerProcess::start(&[
-        "--workers",
-        "1",
-        "--monitor-interval",
-        "50ms",
-        "--monitor-format",
-        "json",
-    ]);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn json_monitor_goes_to_stdout_and_not_to_the_log(#[case] mode: Dispatch) {
+    let mut server = ServerProcess::start_in(
+        mode,
+        &[
+            "--workers",
+            "1",
+            "--monitor-interval",
+            "50ms",
+            "--monitor-format",
+            "json",
+        ],
+    );
     let stdout = server.child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a report").unwrap();
@@ -221,18 +254,23 @@ fn json_monitor_goes_to_stdout_and_not_to_the_log() {
         .all(|l| !l.contains("poolserver::monitor")));
 }
 
-#[test]
-fn the_log_file_gets_the_log_too() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn the_log_file_gets_the_log_too(#[case] mode: Dispatch) {
     let dir = std::env::temp_dir().join(format!("poolserver-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("server.log");
     let _ = std::fs::remove_file(&path);
-    let mut server = ServerProcess::start(&[
-        "--log-file",
-        path.to_str().unwrap(),
-        "--monitor-interval",
-        "0",
-    ]);
+    let mut server = ServerProcess::start_in(
+        mode,
+        &[
+            "--log-file",
+            path.to_str().unwrap(),
+            "--monitor-interval",
+            "0",
+        ],
+    );
     server.signal("TERM");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
     let log = std::fs::read_to_string(&path).unwrap();
@@ -244,9 +282,11 @@ fn the_log_file_gets_the_log_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn saturation_is_warned_once_per_episode_and_its_end_is_logged() {
-    let mut server = ServerProcess::start(&["--workers", "1", "--monitor-interval", "0"]);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn saturation_is_warned_once_per_episode_and_its_end_is_logged(#[case] mode: Dispatch) {
+    let mut server = ServerProcess::start_in(mode, &["--workers", "1", "--monitor-interval", "0"]);
     let holder = served_client(server.addr);
     let mut waiting: Vec<_> = (0..3).map(|_| connect(server.addr)).collect();
     for w in &mut waiting {
@@ -268,10 +308,13 @@ fn saturation_is_warned_once_per_episode_and_its_end_is_logged() {
     let _ = std::io::stdout().flush();
 }
 
-#[test]
-fn the_startup_line_shows_even_when_only_warnings_are_logged() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn the_startup_line_shows_even_when_only_warnings_are_logged(#[case] mode: Dispatch) {
     // `start` waits for the "listening on" line: it must come.
-    let mut server = ServerProcess::start(&["--log-level", "warn", "--monitor-interval", "50ms"]);
+    let mut server =
+        ServerProcess::start_in(mode, &["--log-level", "warn", "--monitor-interval", "50ms"]);
     let mut c = served_client(server.addr);
     c.write_all(b"quit\n").unwrap();
     assert_eq!(read_to_close(&mut c), b"");

@@ -5,6 +5,9 @@
 //! exit code 1. Every wait has a deadline; no sleep stands in for a
 //! condition.
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -112,9 +115,11 @@ fn pipe(addr: SocketAddr, input: &[u8]) -> Finished {
     c.wait()
 }
 
-#[test]
-fn piped_line_comes_back_uppercased() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn piped_line_comes_back_uppercased(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = pipe(server.local_addr(), b"hello\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
@@ -122,9 +127,11 @@ fn piped_line_comes_back_uppercased() {
     assert_eq!(out.stderr, "");
 }
 
-#[test]
-fn address_can_come_from_the_environment() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn address_can_come_from_the_environment(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolclient"));
     cmd.env("POOLCLIENT_ADDR", server.local_addr().to_string());
     let mut c = Client::start_with(cmd);
@@ -135,17 +142,21 @@ fn address_can_come_from_the_environment() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
 }
 
-#[test]
-fn lines_after_exit_are_not_answered() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn lines_after_exit_are_not_answered(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = pipe(server.local_addr(), b"one\ntwo\nexit\nthree\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ONE\nTWO\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
 }
 
-#[test]
-fn input_without_a_newline_is_answered_at_end_of_input() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn input_without_a_newline_is_answered_at_end_of_input(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = pipe(server.local_addr(), b"abc\ndef");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ABC\nDEF");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
@@ -155,11 +166,13 @@ fn input_without_a_newline_is_answered_at_end_of_input() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
 }
 
-#[test]
-fn large_piped_input_streams_through_both_ways() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn large_piped_input_streams_through_both_ways(#[case] mode: Dispatch) {
     // More than the socket buffers hold in both directions: only works if
     // reading and writing really run at the same time.
-    let server = support::server(1);
+    let server = support::server_in(mode, 1);
     let line = b"the quick brown fox jumps over the lazy dog 0123456789\n";
     let input: Vec<u8> = line
         .iter()
@@ -173,9 +186,11 @@ fn large_piped_input_streams_through_both_ways() {
     assert!(out.stdout == input.to_ascii_uppercase());
 }
 
-#[test]
-fn server_closing_first_ends_the_client_while_stdin_is_open() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn server_closing_first_ends_the_client_while_stdin_is_open(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let mut c = Client::start(server.local_addr());
     c.send(b"hi\nquit\n");
     // stdin stays open: the client must notice the close by itself.
@@ -185,9 +200,11 @@ fn server_closing_first_ends_the_client_while_stdin_is_open() {
     assert_eq!(out.stderr, "poolclient: the server closed the connection\n");
 }
 
-#[test]
-fn server_shutdown_ends_an_idle_client() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn server_shutdown_ends_an_idle_client(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let addr = server.local_addr();
     let mut c = Client::start(addr);
     c.send(b"x\n");
@@ -205,9 +222,11 @@ fn server_shutdown_ends_an_idle_client() {
     );
 }
 
-#[test]
-fn busy_line_is_printed_and_the_client_exits_0() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn busy_line_is_printed_and_the_client_exits_0(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .backlog(1)
         .overflow(Overflow::Reject)

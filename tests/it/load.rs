@@ -4,6 +4,9 @@
 //! hidden, not hanging), deadlines, and the exit codes. The server's own
 //! counters cross-check what poolload says it did.
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
@@ -64,9 +67,11 @@ fn assert_clean(out: &Output, r: &Value) {
     assert_eq!(r["cut_by_deadline"], false, "{r}");
 }
 
-#[test]
-fn pingpong_counts_every_round_trip() {
-    let server = support::server(4);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn pingpong_counts_every_round_trip(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 4);
     let out = poolload(server.local_addr(), &["-n", "200", "-c", "4"]);
     let r = report(&out);
     assert_clean(&out, &r);
@@ -97,9 +102,11 @@ fn pingpong_counts_every_round_trip() {
     assert_eq!(stats.bytes_out, 4 * 200 * 64);
 }
 
-#[test]
-fn pipelining_gives_the_same_count() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn pipelining_gives_the_same_count(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = poolload(
         server.local_addr(),
         &["-n", "200", "-c", "4", "--pipeline", "4", "-s", "100"],
@@ -112,11 +119,13 @@ fn pipelining_gives_the_same_count() {
     assert_eq!(server.shutdown(Duration::from_secs(5)).bytes_out, 800 * 100);
 }
 
-#[test]
-fn deep_pipelines_of_large_messages_do_not_deadlock() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn deep_pipelines_of_large_messages_do_not_deadlock(#[case] mode: Dispatch) {
     // 16 MiB in flight, far more than the socket buffers hold: poolload must
     // read replies while its writes wait for room, or both sides block.
-    let server = support::server(1);
+    let server = support::server_in(mode, 1);
     let size = 4 << 20;
     let out = poolload(
         server.local_addr(),
@@ -138,9 +147,11 @@ fn deep_pipelines_of_large_messages_do_not_deadlock() {
     assert_eq!(server.shutdown(Duration::from_secs(5)).bytes_out, 8 * size);
 }
 
-#[test]
-fn timed_run_with_warmup_counts_only_the_measured_part() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn timed_run_with_warmup_counts_only_the_measured_part(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = poolload(
         server.local_addr(),
         &["-c", "2", "-d", "300ms", "--warmup", "300ms", "-s", "2"],
@@ -160,9 +171,11 @@ fn timed_run_with_warmup_counts_only_the_measured_part() {
     );
 }
 
-#[test]
-fn bulk_verifies_every_byte() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn bulk_verifies_every_byte(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = poolload(
         server.local_addr(),
         &["--mode", "bulk", "--bulk-mib", "2", "-c", "2", "-s", "100"],
@@ -179,9 +192,11 @@ fn bulk_verifies_every_byte() {
     assert_eq!(stats.bytes_out, 2 * (2 << 20));
 }
 
-#[test]
-fn connect_mode_counts_whole_cycles() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn connect_mode_counts_whole_cycles(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let out = poolload(
         server.local_addr(),
         &["--mode", "connect", "-n", "20", "-c", "2"],
@@ -195,9 +210,11 @@ fn connect_mode_counts_whole_cycles() {
     assert_eq!((stats.accepted, stats.closed), (40, 40));
 }
 
-#[test]
-fn echo_server_passes_with_expect_echo() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn echo_server_passes_with_expect_echo(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(2)
         .event_service(Echo)
         .start()
@@ -212,9 +229,11 @@ fn echo_server_passes_with_expect_echo() {
     assert_eq!(r["expect"], "echo");
 }
 
-#[test]
-fn uppercase_replies_are_wrong_for_expect_echo() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn uppercase_replies_are_wrong_for_expect_echo(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let out = poolload(
         server.local_addr(),
         &["-n", "10", "-c", "1", "--expect", "echo"],
@@ -265,9 +284,11 @@ impl Session for CorruptingSession {
     }
 }
 
-#[test]
-fn corrupted_replies_fail_the_run() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn corrupted_replies_fail_the_run(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .event_service(Corrupting::default())
         .start()
@@ -288,6 +309,7 @@ fn corrupted_replies_fail_the_run() {
     );
 }
 
+// Connection dispatch only: poolload's never-served accounting needs a worker held by a silent client; event dispatch parks it.
 #[test]
 fn unserved_connection_is_reported_not_waited_for() {
     let server = support::server(1);
@@ -311,6 +333,7 @@ fn unserved_connection_is_reported_not_waited_for() {
     assert!(stderr(&out).contains("never served"), "{}", stderr(&out));
 }
 
+// Connection dispatch only: poolload's never-served accounting needs a worker held by a silent client; event dispatch parks it.
 #[test]
 fn served_and_unserved_connections_are_told_apart() {
     // Two connections, one worker: whichever the acceptor hands over first
@@ -325,6 +348,7 @@ fn served_and_unserved_connections_are_told_apart() {
     assert!(num(&r, "round_trips") > 0, "{r}");
 }
 
+// Connection dispatch only: poolload's never-served accounting needs a worker held by a silent client; event dispatch parks it.
 #[test]
 fn deadline_cuts_a_run_that_cannot_finish() {
     let server = support::server(1);
@@ -339,6 +363,7 @@ fn deadline_cuts_a_run_that_cannot_finish() {
     assert!(stderr(&out).contains("--deadline"), "{}", stderr(&out));
 }
 
+// Connection dispatch only: poolload's rejection accounting needs a full pool and queue; event dispatch parks the silent holder.
 #[test]
 fn busy_rejection_is_reported_as_rejected() {
     let server = support::builder()
@@ -379,9 +404,11 @@ fn refused_connections_are_errors_with_a_hint() {
     );
 }
 
-#[test]
-fn text_report_and_bad_usage() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn text_report_and_bad_usage(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let out = Command::new(env!("CARGO_BIN_EXE_poolload"))
         .args([
             "--addr",
@@ -446,9 +473,11 @@ fn wait_output(mut child: Child) -> Output {
 /// still printed: connections finish the message in flight and close
 /// politely, the one still queued gives up, and the exit code says the run
 /// was interrupted.
-#[test]
-fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let addr = server.local_addr();
     let child = spawn_poolload(addr, &["-c", "3", "-d", "10m", "--deadline", "20m"]);
     // Two connections served (one waits for a worker), replies flowing.
@@ -463,7 +492,13 @@ fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured() {
     // The third connection can never be served (both workers are held
     // until poolload stops); the second served one may not have read its
     // first reply yet when Ctrl-C came, on a loaded machine.
-    assert!((1..=2).contains(&num(&r, "never_served")), "{r}");
+    let never_served = match mode {
+        Dispatch::Connection => 1..=2,
+        // Event dispatch serves all three by turns; only the lagging
+        // one may not have read its first reply.
+        Dispatch::Event => 0..=1,
+    };
+    assert!(never_served.contains(&num(&r, "never_served")), "{r}");
     assert!(r["duration_s"].as_f64().unwrap() < 300.0, "{r}");
     assert!(stderr(&out).contains("stopping"), "{}", stderr(&out));
     // The server answered every counted round trip, plus at most one
@@ -485,9 +520,11 @@ fn ctrl_c_ends_the_run_with_a_report_of_what_was_measured() {
 
 /// A bulk stream stopped by Ctrl-C sends no more, reads the replies to all
 /// it sent, and counts them exactly.
-#[test]
-fn ctrl_c_ends_a_bulk_stream_with_every_sent_byte_checked() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn ctrl_c_ends_a_bulk_stream_with_every_sent_byte_checked(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let child = spawn_poolload(
         server.local_addr(),
         &[
@@ -533,6 +570,7 @@ impl Service for Stalling {
 /// A run stuck on a reply that never comes: the first Ctrl-C cannot end it
 /// (the message in flight is waited for), the second exits at once, with
 /// no report.
+// Connection dispatch only: a blocking `Service` runs only in connection dispatch.
 #[test]
 fn a_second_ctrl_c_exits_at_once() {
     let server = support::builder()
@@ -569,12 +607,14 @@ fn idle_figures(r: &Value) -> [u64; 7] {
     .map(|k| num(r, k))
 }
 
-#[test]
-fn idle_connections_are_all_served_when_the_workers_suffice() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn idle_connections_are_all_served_when_the_workers_suffice(#[case] mode: Dispatch) {
     // Today's connection dispatch serves at most `workers` connections at
     // once: 40 idle ones on 64 workers are all served, on one poolload
     // thread, each every 50 ms for a second.
-    let server = support::server(64);
+    let server = support::server_in(mode, 64);
     let out = poolload(
         server.local_addr(),
         &[
@@ -610,6 +650,7 @@ fn idle_connections_are_all_served_when_the_workers_suffice() {
     assert!(stats.bytes_in >= 16 * round_trips, "{stats:?} {r}");
 }
 
+// Connection dispatch only: poolload's never-served accounting needs workers held by silent clients; event dispatch parks them.
 #[test]
 fn idle_connections_beyond_the_workers_are_reported_never_served() {
     // 4 workers, 12 idle connections: each worker keeps the connection it
@@ -646,9 +687,11 @@ fn idle_connections_beyond_the_workers_are_reported_never_served() {
     );
 }
 
-#[test]
-fn idle_connections_run_beside_the_main_ones_and_are_counted_apart() {
-    let server = support::server(16);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn idle_connections_run_beside_the_main_ones_and_are_counted_apart(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 16);
     let out = poolload(
         server.local_addr(),
         &[
@@ -676,11 +719,13 @@ fn idle_connections_run_beside_the_main_ones_and_are_counted_apart() {
     assert_eq!(stats.accepted, 12);
 }
 
-#[test]
-fn a_wrong_idle_reply_fails_the_run() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_wrong_idle_reply_fails_the_run(#[case] mode: Dispatch) {
     // An echo server answers the idle lines unchanged: wrong for the
     // uppercase loop, and right with --expect echo.
-    let server = support::builder()
+    let server = support::builder_in(mode)
         .workers(8)
         .event_service(Echo)
         .start()

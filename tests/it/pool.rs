@@ -2,6 +2,9 @@
 //! queue and idle timeouts, a client that never reads, panics, and the
 //! monitor's numbers (contract §1, §3).
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
@@ -29,14 +32,31 @@ fn read_busy(c: &mut TcpStream) -> String {
     text
 }
 
-#[test]
-fn n_busy_workers_and_the_next_connection_waits_then_is_served() {
-    let server = support::builder().workers(2).backlog(4).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn n_busy_workers_and_the_next_connection_waits_then_is_served(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
+        .workers(2)
+        .backlog(4)
+        .start()
+        .unwrap();
     let addr = server.local_addr();
     let a = served_client(addr);
     let b = served_client(addr);
     let mut waiting = connect(addr);
     waiting.write_all(b"my turn?\n").unwrap();
+    if mode == Dispatch::Event {
+        // a and b are parked, not busy: the third is served at once.
+        assert_eq!(support::read_n(&mut waiting, 9), b"MY TURN?\n");
+        quit(a);
+        quit(b);
+        quit(waiting);
+        let s = server.shutdown(Duration::from_secs(5));
+        assert_eq!((s.accepted, s.closed, s.rejected, s.live), (3, 3, 0, 0));
+        assert_eq!((s.peak_queued, s.peak_live), (1, 3));
+        return;
+    }
     wait_until("the third connection is queued", || {
         server.stats().queued == 1
     });
@@ -58,6 +78,7 @@ fn n_busy_workers_and_the_next_connection_waits_then_is_served() {
     assert_eq!((s.peak_busy, s.peak_queued, s.peak_live), (2, 1, 3));
 }
 
+// Connection dispatch only: a silent client must hold the only worker to fill the queue; event dispatch parks it.
 #[test]
 fn reject_overflow_answers_busy_when_the_queue_is_full() {
     let server = support::builder()
@@ -83,6 +104,7 @@ fn reject_overflow_answers_busy_when_the_queue_is_full() {
     assert_eq!((s.accepted, s.rejected, s.closed, s.live), (3, 1, 2, 0));
 }
 
+// Connection dispatch only: a silent client must hold the only worker to fill the queue; event dispatch parks it.
 #[test]
 fn block_overflow_holds_new_connections_until_there_is_room() {
     let server = support::builder().workers(1).backlog(1).start().unwrap();
@@ -106,6 +128,7 @@ fn block_overflow_holds_new_connections_until_there_is_room() {
     assert_eq!((s.accepted, s.rejected, s.closed), (3, 0, 3));
 }
 
+// Connection dispatch only: a silent client must hold the only worker to make a newcomer wait; event dispatch parks it.
 #[test]
 fn queue_timeout_turns_away_a_connection_that_waited_too_long() {
     let limit = Duration::from_millis(50);
@@ -130,9 +153,11 @@ fn queue_timeout_turns_away_a_connection_that_waited_too_long() {
     assert_eq!((s.accepted, s.rejected, s.closed, s.live), (2, 1, 1, 0));
 }
 
-#[test]
-fn idle_timeout_frees_the_worker_for_the_next_client() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn idle_timeout_frees_the_worker_for_the_next_client(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .idle_timeout(Duration::from_millis(200))
         .start()
@@ -149,9 +174,11 @@ fn idle_timeout_frees_the_worker_for_the_next_client() {
     quit(next);
 }
 
-#[test]
-fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_client_that_never_reads_is_cut_off_by_the_write_timeout(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .write_timeout(Duration::from_millis(200))
         .start()
@@ -200,6 +227,7 @@ impl Service for Fragile {
     }
 }
 
+// Connection dispatch only: a blocking `Service` runs only in connection dispatch (event mode: `event::` tests).
 #[test]
 fn a_panicking_service_costs_its_connection_not_a_worker() {
     let server = support::builder()
@@ -237,10 +265,12 @@ impl Write for Sink {
     }
 }
 
-#[test]
-fn json_monitor_reports_satisfy_the_invariants() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn json_monitor_reports_satisfy_the_invariants(#[case] mode: Dispatch) {
     let sink = Sink::default();
-    let server = support::builder()
+    let server = support::builder_in(mode)
         .workers(2)
         .backlog(8)
         .monitor_interval(Duration::from_millis(20))
@@ -288,7 +318,10 @@ fn json_monitor_reports_satisfy_the_invariants() {
             assert!(r.get(key).is_some(), "{key} missing in {r}");
         }
     }
-    assert!(saw_queued, "a report while the third client waited");
+    // In event dispatch a and b are parked and the third is served at once.
+    if mode == Dispatch::Connection {
+        assert!(saw_queued, "a report while the third client waited");
+    }
     let last = reports.last().unwrap();
     assert_eq!(last["final"], true);
     assert_eq!(
@@ -302,9 +335,15 @@ fn json_monitor_reports_satisfy_the_invariants() {
     assert_eq!(last["accepted"].as_u64(), Some(final_stats.accepted));
 }
 
-#[test]
-fn stats_are_consistent_under_concurrent_churn() {
-    let server = support::builder().workers(3).backlog(4).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn stats_are_consistent_under_concurrent_churn(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
+        .workers(3)
+        .backlog(4)
+        .start()
+        .unwrap();
     let addr = server.local_addr();
     let clients: Vec<_> = (0..6)
         .map(|i| {
@@ -340,12 +379,15 @@ fn stats_are_consistent_under_concurrent_churn() {
 
 /// A listener bound by the caller (socket activation, a test harness) is
 /// served as it is and closed at shutdown.
-#[test]
-fn a_listener_bound_elsewhere_is_served_and_closed_at_shutdown() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_listener_bound_elsewhere_is_served_and_closed_at_shutdown(#[case] mode: Dispatch) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = poolserver::Server::builder()
         .listener(listener)
+        .dispatch(mode)
         .addr("ignored:1")
         .workers(1)
         .monitor_interval(Duration::ZERO)
@@ -361,25 +403,29 @@ fn a_listener_bound_elsewhere_is_served_and_closed_at_shutdown() {
     assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
 }
 
-#[test]
-fn invalid_settings_are_refused_with_a_reason() {
-    let err = support::builder().workers(0).start().unwrap_err();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn invalid_settings_are_refused_with_a_reason(#[case] mode: Dispatch) {
+    let err = support::builder_in(mode).workers(0).start().unwrap_err();
     assert!(err.is_usage());
     assert!(
         err.to_string().contains("workers must be at least 1"),
         "{err}"
     );
-    let err = support::builder().backlog(0).start().unwrap_err();
+    let err = support::builder_in(mode).backlog(0).start().unwrap_err();
     assert!(err.to_string().contains("backlog"), "{err}");
 }
 
 /// Contract §2.8: the idle timer restarts with every byte received, so a
 /// conversation may outlast the idle timeout as long as the client keeps
 /// talking. (The pauses are the stimulus here, not synchronisation.)
-#[test]
-fn the_idle_timer_restarts_with_every_byte() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn the_idle_timer_restarts_with_every_byte(#[case] mode: Dispatch) {
     let idle = Duration::from_millis(600);
-    let server = support::builder()
+    let server = support::builder_in(mode)
         .workers(1)
         .idle_timeout(idle)
         .start()

@@ -1,15 +1,20 @@
 //! Contract §2 over real sockets: every rule of the uppercase loop, as a
 //! client sees it.
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 
 use crate::support::{self, connect, read_to_close, round_trip, ServerProcess};
 
-#[test]
-fn unicode_is_uppercased_by_unicode_rules() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn unicode_is_uppercased_by_unicode_rules(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(
         &mut c,
@@ -18,32 +23,40 @@ fn unicode_is_uppercased_by_unicode_rules() {
     );
 }
 
-#[test]
-fn invalid_utf8_comes_back_unchanged() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn invalid_utf8_comes_back_unchanged(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"ab\xFF\xFEcd\xC3(\n", b"AB\xFF\xFECD\xC3(\n");
 }
 
-#[test]
-fn replies_do_not_wait_for_a_newline() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn replies_do_not_wait_for_a_newline(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"no newline yet", b"NO NEWLINE YET");
 }
 
-#[test]
-fn multibyte_character_split_across_writes() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn multibyte_character_split_across_writes(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     // `ß` is C3 9F. The lone C3 is held back; everything before it is not.
     round_trip(&mut c, b"stra\xC3", b"STRA");
     round_trip(&mut c, b"\x9Fe\n", b"SSE\n");
 }
 
-#[test]
-fn exit_split_across_writes_ends_the_connection_unanswered() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn exit_split_across_writes_ends_the_connection_unanswered(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"hi\n", b"HI\n");
     for part in [&b"ex"[..], b"i", b"t", b"\r"] {
@@ -53,25 +66,31 @@ fn exit_split_across_writes_ends_the_connection_unanswered() {
     assert_eq!(read_to_close(&mut c), b"");
 }
 
-#[test]
-fn quit_with_crlf_closes_and_discards_what_follows() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn quit_with_crlf_closes_and_discards_what_follows(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     c.write_all(b"first\nquit\r\nsecond\n").unwrap();
     assert_eq!(read_to_close(&mut c), b"FIRST\n");
 }
 
-#[test]
-fn lines_that_merely_contain_exit_are_data() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn lines_that_merely_contain_exit_are_data(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"exit now\n", b"EXIT NOW\n");
     round_trip(&mut c, b"quitter\n", b"QUITTER\n");
 }
 
-#[test]
-fn end_of_stream_flushes_what_is_held() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn end_of_stream_flushes_what_is_held(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     // What is held back at EOF is answered: an unterminated `exit` line,
     // then (second connection) half a UTF-8 character.
@@ -85,9 +104,11 @@ fn end_of_stream_flushes_what_is_held() {
     assert_eq!(read_to_close(&mut c), b"HALF \xE2\x82");
 }
 
-#[test]
-fn eof_without_newline() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn eof_without_newline(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     c.write_all(b"no newline at all").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
@@ -98,9 +119,11 @@ fn eof_without_newline() {
 /// close must not reset the connection before the reply is read. Without
 /// the lingering close the unread bytes make the kernel send RST and the
 /// read below fails with "connection reset".
-#[test]
-fn closing_does_not_destroy_replies_in_flight() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn closing_does_not_destroy_replies_in_flight(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     for _ in 0..5 {
         let mut c = connect(server.local_addr());
         let mut burst = b"last words\nquit\n".to_vec();
@@ -121,9 +144,11 @@ fn closing_does_not_destroy_replies_in_flight() {
     }
 }
 
-#[test]
-fn many_round_trips_on_one_connection() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn many_round_trips_on_one_connection(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     for i in 0..200 {
         let msg = format!("message number {i} ünïcödé\n");
@@ -133,11 +158,13 @@ fn many_round_trips_on_one_connection() {
 
 /// Contract §2.5: a 256 MiB line without a newline streams through, and the
 /// server's memory stays bounded by its fixed buffers.
-#[test]
-fn huge_line_streams_through_in_bounded_memory() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn huge_line_streams_through_in_bounded_memory(#[case] mode: Dispatch) {
     const TOTAL: usize = 256 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
-    let server = ServerProcess::start(&["--workers", "1", "--monitor-interval", "0"]);
+    let server = ServerProcess::start_in(mode, &["--workers", "1", "--monitor-interval", "0"]);
     let mut c = connect(server.addr);
     let mut w = c.try_clone().unwrap();
     let writer = thread::spawn(move || {
@@ -169,9 +196,11 @@ fn huge_line_streams_through_in_bounded_memory() {
     );
 }
 
-#[test]
-fn a_reset_client_does_not_disturb_others() {
-    let server = support::server(2);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_reset_client_does_not_disturb_others(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 2);
     let mut steady = connect(server.local_addr());
     round_trip(&mut steady, b"steady\n", b"STEADY\n");
     for _ in 0..3 {
@@ -191,9 +220,11 @@ fn a_reset_client_does_not_disturb_others() {
     assert_eq!((s.accepted, s.closed, s.rejected), (4, 4, 0));
 }
 
-#[test]
-fn byte_counters_are_exact() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn byte_counters_are_exact(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, "ßß\n".as_bytes(), b"SSSS\n"); // 5 bytes in, 5 out
     round_trip(&mut c, b"abc\n", b"ABC\n");

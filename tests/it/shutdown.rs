@@ -1,6 +1,9 @@
 //! Graceful shutdown through the library API (contract §4): the drain, the
 //! deadline, what happens to served and queued connections, and `Drop`.
 
+use rstest::rstest;
+
+use crate::support::Dispatch;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::thread;
@@ -12,9 +15,11 @@ use crate::support::{self, connect, read_n, read_to_close, round_trip, served_cl
 
 /// Without the read slices in `Connection`, a worker blocked reading a
 /// silent client would hold shutdown until the idle timeout (5 minutes).
-#[test]
-fn the_deadline_ends_a_worker_blocked_on_a_silent_client() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn the_deadline_ends_a_worker_blocked_on_a_silent_client(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     // `exi` may still become `exit`, so it is held back...
     round_trip(&mut c, b"held\nexi", b"HELD\n");
@@ -32,9 +37,11 @@ fn the_deadline_ends_a_worker_blocked_on_a_silent_client() {
     );
 }
 
-#[test]
-fn shutdown_returns_as_soon_as_the_work_is_done() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn shutdown_returns_as_soon_as_the_work_is_done(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let addr = server.local_addr();
     let holder = served_client(addr);
     let mut queued = connect(addr);
@@ -71,6 +78,7 @@ fn shutdown_returns_as_soon_as_the_work_is_done() {
     );
 }
 
+// Connection dispatch only: a silent client must hold the only worker to keep a newcomer queued; event dispatch parks it.
 #[test]
 fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
     let server = support::server(1);
@@ -94,9 +102,11 @@ fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
 /// the listening socket down (the usual way to wake an acceptor) would make
 /// Linux reset every one of them, data sent and all: this is the regression
 /// test for that.
-#[test]
-fn connections_still_in_the_kernels_queue_are_answered_not_reset() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn connections_still_in_the_kernels_queue_are_answered_not_reset(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .backlog(1)
         .listen_backlog(16)
@@ -141,9 +151,11 @@ fn connections_still_in_the_kernels_queue_are_answered_not_reset() {
     );
 }
 
-#[test]
-fn dropping_the_server_begins_shutdown_without_blocking() {
-    let server = support::builder()
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn dropping_the_server_begins_shutdown_without_blocking(#[case] mode: Dispatch) {
+    let server = support::builder_in(mode)
         .workers(1)
         .shutdown_timeout(Duration::from_millis(100))
         .start()
@@ -160,9 +172,11 @@ fn dropping_the_server_begins_shutdown_without_blocking() {
     });
 }
 
-#[test]
-fn shutdown_of_an_idle_server_is_immediate() {
-    let server = support::server(4);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn shutdown_of_an_idle_server_is_immediate(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 4);
     let start = Instant::now();
     let stats = server.shutdown(Duration::from_secs(60));
     assert!(start.elapsed() < Duration::from_secs(5));
@@ -191,6 +205,7 @@ impl Service for StopsBetweenRequests {
     }
 }
 
+// Connection dispatch only: a blocking `Service` runs only in connection dispatch.
 #[test]
 fn a_service_sees_shutdown_begin_and_stops_between_requests() {
     let server = support::builder()

@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use poolserver::Dispatch;
 use poolserver::{Server, ServerBuilder};
 
 /// How long any single wait in a test may take before the test fails.
@@ -29,16 +30,51 @@ pub const MONITOR_EXTRA_FIELDS: [&str; 7] = [
     "panics",
 ];
 
-/// A builder for a server on 127.0.0.1, any free port, monitor off.
+/// A builder for a server on 127.0.0.1, any free port, monitor off, in
+/// connection dispatch.
 pub fn builder() -> ServerBuilder {
+    builder_in(Dispatch::Connection)
+}
+
+/// Like [`builder`], in dispatch mode `mode`. The tests that run in both
+/// modes take `mode` as an `rstest` case:
+///
+/// ```ignore
+/// #[rstest]
+/// #[case::connection(Dispatch::Connection)]
+/// #[case::event(Dispatch::Event)]
+/// fn a_test(#[case] mode: Dispatch) { … support::builder_in(mode) … }
+/// ```
+///
+/// so that `cargo test` lists `a_test::case_1_connection` and
+/// `a_test::case_2_event`.
+pub fn builder_in(mode: Dispatch) -> ServerBuilder {
     Server::builder()
         .addr("127.0.0.1:0")
         .monitor_interval(Duration::ZERO)
+        .dispatch(mode)
 }
 
-/// A started server with `workers` workers and otherwise the defaults.
+/// A started server with `workers` workers and otherwise the defaults, in
+/// connection dispatch.
 pub fn server(workers: usize) -> Server {
-    builder().workers(workers).start().expect("server starts")
+    server_in(Dispatch::Connection, workers)
+}
+
+/// Like [`server`], in dispatch mode `mode`.
+pub fn server_in(mode: Dispatch, workers: usize) -> Server {
+    builder_in(mode)
+        .workers(workers)
+        .start()
+        .expect("server starts")
+}
+
+/// The `poolserver` arguments that select dispatch mode `mode`.
+pub fn dispatch_args(mode: Dispatch) -> [&'static str; 2] {
+    match mode {
+        Dispatch::Connection => ["--dispatch", "connection"],
+        Dispatch::Event => ["--dispatch", "event"],
+    }
 }
 
 /// Connects to `addr` with a read timeout, so a test never hangs on a read.
@@ -119,6 +155,17 @@ impl ServerProcess {
     /// "listening on" line.
     pub fn start(args: &[&str]) -> ServerProcess {
         Self::start_with(Command::new(env!("CARGO_BIN_EXE_poolserver")), args)
+    }
+
+    /// Like [`start`](Self::start), in dispatch mode `mode`.
+    pub fn start_in(mode: Dispatch, args: &[&str]) -> ServerProcess {
+        Self::start_with_in(mode, Command::new(env!("CARGO_BIN_EXE_poolserver")), args)
+    }
+
+    /// Like [`start_with`](Self::start_with), in dispatch mode `mode`.
+    pub fn start_with_in(mode: Dispatch, mut cmd: Command, args: &[&str]) -> ServerProcess {
+        cmd.args(dispatch_args(mode));
+        Self::start_with(cmd, args)
     }
 
     /// Like [`start`](Self::start) with a prepared command (environment,
