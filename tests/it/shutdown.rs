@@ -102,11 +102,10 @@ fn a_connection_still_queued_at_the_deadline_is_closed_unserved() {
 /// the listening socket down (the usual way to wake an acceptor) would make
 /// Linux reset every one of them, data sent and all: this is the regression
 /// test for that.
-#[rstest]
-#[case::connection(Dispatch::Connection)]
-#[case::event(Dispatch::Event)]
-fn connections_still_in_the_kernels_queue_are_answered_not_reset(#[case] mode: Dispatch) {
-    let server = support::builder_in(mode)
+// Connection dispatch only: a silent client must hold the only worker to fill the queue; event dispatch parks it.
+#[test]
+fn connections_still_in_the_kernels_queue_are_answered_not_reset() {
+    let server = support::builder()
         .workers(1)
         .backlog(1)
         .listen_backlog(16)
