@@ -46,7 +46,11 @@ fn shutdown_returns_as_soon_as_the_work_is_done(#[case] mode: Dispatch) {
     let holder = served_client(addr);
     let mut queued = connect(addr);
     queued.write_all(b"queued\n").unwrap();
-    wait_until("queued", || server.stats().queued == 1);
+    // In event dispatch the holder is parked and `queued` is served at
+    // once; it need not wait in the queue.
+    if mode == Dispatch::Connection {
+        wait_until("queued", || server.stats().queued == 1);
+    }
 
     let stopper = thread::spawn(move || {
         let start = Instant::now();
