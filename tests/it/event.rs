@@ -470,3 +470,72 @@ fn max_connections_that_cannot_fit_the_open_file_limit_is_warned_about() {
     p.signal("TERM");
     assert!(p.wait_exit(support::PATIENCE).success());
 }
+
+/// `--min-rate` in event dispatch: a parked trickler costs no worker, so it
+/// is left alone; it is cut when its bytes are read while others wait for
+/// the worker (here a bulk stream that yields its slices to it).
+#[test]
+fn a_trickler_is_cut_by_the_minimum_rate_only_while_others_wait() {
+    let window = Duration::from_millis(300);
+    let server = event_builder(1).min_rate(10, window).start().unwrap();
+    let addr = server.local_addr();
+    let mut trickle = connect(addr);
+    // Alone: 12 bytes over ~4 windows, never cut.
+    for _ in 0..12 {
+        round_trip(&mut trickle, b"t", b"T");
+        thread::sleep(window / 3);
+    }
+    assert_eq!(server.stats().slow_clients, 0);
+
+    // A bulk stream keeps the only worker busy; each of the trickler's
+    // bytes makes it yield, and the trickler is read while it waits.
+    let bulk = connect(addr);
+    let mut reader = bulk.try_clone().unwrap();
+    let drain = thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let mut writer = bulk.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = std::sync::Arc::clone(&stop);
+    let pump = thread::spawn(move || {
+        let chunk = vec![b'b'; 64 * 1024];
+        // Bounded: at most 4 GiB, and it stops when told.
+        for _ in 0..64 * 1024 {
+            if stop_writer.load(std::sync::atomic::Ordering::Relaxed)
+                || writer.write_all(&chunk).is_err()
+            {
+                break;
+            }
+        }
+    });
+    wait_until("the bulk stream flows", || {
+        server.stats().bytes_out > 1 << 20
+    });
+    let cut = (0..100).any(|_| {
+        let _ = trickle.write_all(b"t");
+        let mut buf = [0u8; 16];
+        matches!(trickle.read(&mut buf), Ok(0) | Err(_)) || {
+            thread::sleep(window / 3);
+            false
+        }
+    });
+    assert!(cut, "the trickler was not cut off");
+    assert_eq!(server.stats().slow_clients, 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pump.join().unwrap();
+    bulk.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        drain.join().unwrap() > 1 << 20,
+        "the bulk stream was served"
+    );
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.slow_clients, s.accepted, s.live), (1, 2, 0));
+}
