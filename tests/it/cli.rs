@@ -258,7 +258,10 @@ fn json_monitor_goes_to_stdout_and_not_to_the_log(#[case] mode: Dispatch) {
 #[case::connection(Dispatch::Connection)]
 #[case::event(Dispatch::Event)]
 fn the_log_file_gets_the_log_too(#[case] mode: Dispatch) {
-    let dir = std::env::temp_dir().join(format!("poolserver-log-{}", std::process::id()));
+    // One directory per case: both cases run at once in one process, and a
+    // shared file let one read the other's log (seen: "dispatch event" in
+    // the connection case's file, removed and rewritten under it).
+    let dir = std::env::temp_dir().join(format!("poolserver-log-{}-{mode:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("server.log");
     let _ = std::fs::remove_file(&path);
