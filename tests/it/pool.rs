@@ -168,9 +168,18 @@ fn idle_timeout_frees_the_worker_for_the_next_client(#[case] mode: Dispatch) {
     next.write_all(b"next\n").unwrap();
     // The idle client is closed by the server, which then serves `next`.
     assert_eq!(read_to_close(&mut idle), b"");
-    assert_eq!(support::read_n(&mut next, 5), b"NEXT\n");
     let s = server.stats();
-    assert_eq!(s.idle_timeouts, 1);
+    assert_eq!(support::read_n(&mut next, 5), b"NEXT\n");
+    match mode {
+        // `next` waited in the queue: its idle timer starts only once the
+        // worker idle freed takes it, a whole timeout after this snapshot.
+        Dispatch::Connection => assert_eq!(s.idle_timeouts, 1),
+        // Event dispatch serves `next` at once (nothing waits), so its idle
+        // timer started a few milliseconds after idle's and may run out
+        // before the snapshot on a loaded machine (seen once). Idle's own
+        // cut is always in it.
+        Dispatch::Event => assert!((1..=2).contains(&s.idle_timeouts), "{s:?}"),
+    }
     quit(next);
 }
 
