@@ -33,8 +33,11 @@ pub const ACCESS_TARGET: &str = "poolserver::access";
 pub(crate) enum Ending {
     /// The client closed its sending side.
     Eof,
-    /// The service ended the conversation (an `exit` or `quit` line).
+    /// The service ended the conversation (an `exit` line, or a service
+    /// that does not say which word).
     Exit,
+    /// A `quit` line ended the conversation.
+    Quit,
     /// The client sent nothing for the idle timeout.
     Idle,
     /// The client sent below the minimum data rate while others waited.
@@ -54,10 +57,20 @@ pub(crate) enum Ending {
 }
 
 impl Ending {
+    /// The service closed the conversation after the line `word` (see
+    /// [`Session::closed_by`](crate::Session::closed_by)).
+    pub(crate) fn closed_by(word: Option<&str>) -> Self {
+        match word {
+            Some("quit") => Ending::Quit,
+            _ => Ending::Exit,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Ending::Eof => "eof",
             Ending::Exit => "exit",
+            Ending::Quit => "quit",
             Ending::Idle => "idle",
             Ending::Slow => "slow",
             Ending::WriteTimeout => "write-timeout",

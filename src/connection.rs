@@ -103,6 +103,8 @@ pub struct Connection<'a> {
     window_bytes: u64,
     window_start: Instant,
     end: Option<End>,
+    /// The line that made the service close, for the access log.
+    closed_by: Option<&'static str>,
     /// Bytes that arrived with the PROXY header, handed out before the
     /// socket is read again.
     pending: Vec<u8>,
@@ -203,6 +205,7 @@ impl<'a> Connection<'a> {
             window_bytes: 0,
             window_start: now,
             end: None,
+            closed_by: None,
             pending: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
@@ -229,6 +232,17 @@ impl<'a> Connection<'a> {
     /// Why the stream ended, once a read has returned `Ok(0)`.
     pub fn end(&self) -> Option<End> {
         self.end
+    }
+
+    /// Records the line that made an event service close (see
+    /// [`Session::closed_by`](crate::Session::closed_by)).
+    pub(crate) fn note_closed_by(&mut self, word: Option<&'static str>) {
+        self.closed_by = word;
+    }
+
+    /// The line that made the service close, if it said.
+    pub(crate) fn closed_by(&self) -> Option<&'static str> {
+        self.closed_by
     }
 
     /// True once the server has begun to shut down. Reads go on working

@@ -320,7 +320,7 @@ impl EventPool {
     ) -> Option<Conn> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if !first.is_empty() && self.feed(local, &mut conn, first)? == Flow::Close {
-                return Ok(Next::Close(Ending::Exit));
+                return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
             }
             self.slice(local, &mut conn, why)
         }));
@@ -439,7 +439,7 @@ impl EventPool {
                     let flow = conn.session.on_data(&bufs.input[..n], out);
                     self.write_all(conn, &bufs.output, io)?;
                     if flow == Flow::Close {
-                        return Ok(Next::Close(Ending::Exit));
+                        return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
                     }
                     reads += 1;
                     bytes += n;

@@ -184,7 +184,7 @@ impl PoolContext {
             access.ended(match (&result, conn.end()) {
                 (Err(e), _) if is_write_stall(e) => Ending::WriteTimeout,
                 (Err(_), _) => Ending::Error,
-                (Ok(()), None) => Ending::Exit,
+                (Ok(()), None) => Ending::closed_by(conn.closed_by()),
                 (Ok(()), Some(End::Idle)) => Ending::Idle,
                 (Ok(()), Some(End::TooSlow)) => Ending::Slow,
                 (Ok(()), Some(End::Shutdown)) => Ending::Shutdown,

@@ -47,6 +47,7 @@ const MAX_LINE_HOLD: usize = 5;
 /// // `exit` on a line of its own ends the conversation, unanswered.
 /// out.clear();
 /// assert_eq!(up.feed(b"exit\r\nignored", &mut out), Feed::Exit);
+/// assert_eq!(up.closed_by(), Some("exit"));
 /// assert!(out.is_empty());
 /// ```
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ pub struct Uppercaser {
     /// The start of a UTF-8 sequence cut off by the end of a read.
     utf8: [u8; 3],
     utf8_len: usize,
+    /// The line that ended the stream, once [`Feed::Exit`] was returned.
+    closed_by: Option<&'static str>,
 }
 
 impl Default for Uppercaser {
@@ -83,7 +86,14 @@ impl Uppercaser {
             at_line_start: true,
             utf8: [0; 3],
             utf8_len: 0,
+            closed_by: None,
         }
+    }
+
+    /// After [`Feed::Exit`]: which line ended the stream, `"exit"` or
+    /// `"quit"` (the access log names it).
+    pub fn closed_by(&self) -> Option<&'static str> {
+        self.closed_by
     }
 
     /// How many bytes are held back, waiting for more input.
@@ -111,6 +121,7 @@ impl Uppercaser {
                 Line::Exit(len) => {
                     debug_assert!(len > held);
                     self.line_len = 0;
+                    self.closed_by = Some(quit_word(&probe));
                     return Feed::Exit;
                 }
                 Line::Undecided => {
@@ -137,6 +148,7 @@ impl Uppercaser {
             match classify_line(next) {
                 Line::Ordinary => continue,
                 Line::Exit(_) => {
+                    self.closed_by = Some(quit_word(next));
                     stop = Some((nl + 1, Feed::Exit));
                     break;
                 }
@@ -277,6 +289,16 @@ fn classify_line(bytes: &[u8]) -> Line {
         Line::Undecided
     } else {
         Line::Ordinary
+    }
+}
+
+/// The word of a line [`classify_line`] found to be `exit` or `quit` (they
+/// differ in their first byte).
+fn quit_word(line: &[u8]) -> &'static str {
+    if line.first() == Some(&b'q') {
+        "quit"
+    } else {
+        "exit"
     }
 }
 

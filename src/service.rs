@@ -91,6 +91,13 @@ pub trait Session: Send + 'static {
     /// The stream is over (`end`: [`End::Eof`], [`End::Idle`],
     /// [`End::TooSlow`], [`End::Shutdown`]); append what is still held.
     fn on_end(&mut self, end: End, out: &mut Vec<u8>);
+
+    /// After [`on_data`](Session::on_data) returned [`Flow::Close`]: the
+    /// word that ended the conversation, if the protocol has several (the
+    /// access log's `end=` names it; `None` logs `end=exit`).
+    fn closed_by(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// An event-style service: byte logic only, no sockets. [`Uppercase`] and
@@ -180,6 +187,7 @@ pub fn serve_blocking(
         let flow = session.on_data(&bufs.input[..n], &mut bufs.output);
         conn.write_all(&bufs.output)?;
         if flow == Flow::Close {
+            conn.note_closed_by(session.closed_by());
             return Ok(());
         }
     }
@@ -258,6 +266,10 @@ impl Session for UppercaseSession {
     fn on_end(&mut self, _end: End, out: &mut Vec<u8>) {
         self.0.finish(out);
     }
+
+    fn closed_by(&self) -> Option<&'static str> {
+        self.0.closed_by()
+    }
 }
 
 /// Sends every byte back unchanged: the uppercase loop with the transform
@@ -305,6 +317,7 @@ mod tests {
         let mut s = Uppercase.open(peer());
         out.clear();
         assert_eq!(s.on_data(b"a\nquit\nb", &mut out), Flow::Close);
+        assert_eq!(s.closed_by(), Some("quit"));
         assert_eq!(out, b"A\n");
     }
 

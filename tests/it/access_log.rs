@@ -5,8 +5,10 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
+use rstest::rstest;
+
 use crate::proxy::v2;
-use crate::support::{connect, read_n, read_to_close, round_trip, ServerProcess};
+use crate::support::{connect, read_n, read_to_close, round_trip, Dispatch, ServerProcess};
 
 /// Waits for the access line of the client at `client` and returns it.
 fn access_line(p: &mut ServerProcess, client: SocketAddr) -> String {
@@ -18,6 +20,35 @@ fn access_line(p: &mut ServerProcess, client: SocketAddr) -> String {
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split(' ')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `end=` names the line that ended the conversation: `exit` or `quit`,
+/// whole in one read or split across reads (held back, then decided).
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn exit_and_quit_lines_are_told_apart(#[case] mode: Dispatch) {
+    let mut p = ServerProcess::start_in(mode, &["--access-log", "--log-level", "warn"]);
+    let cases: [(&[&[u8]], &str); 4] = [
+        (&[b"a\nquit\n"], "quit"),
+        (&[b"a\nexit\r\n"], "exit"),
+        (&[b"a\nqu", b"it\n"], "quit"),
+        (&[b"a\nex", b"it\n"], "exit"),
+    ];
+    for (writes, word) in cases {
+        let mut c = connect(p.addr);
+        round_trip(&mut c, writes[0], b"A\n");
+        for w in &writes[1..] {
+            c.write_all(w).unwrap();
+        }
+        assert_eq!(read_to_close(&mut c), b"", "{word}");
+        let me = c.local_addr().unwrap();
+        drop(c);
+        let line = access_line(&mut p, me);
+        assert_eq!(field(&line, "end"), Some(word), "{line}");
+    }
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(20)).success());
 }
 
 #[test]
@@ -52,7 +83,7 @@ fn each_connection_gets_one_line_with_the_true_client_bytes_and_end() {
         (Some("11"), Some("6")),
         "{line}"
     );
-    assert_eq!(field(&line, "end"), Some("exit"), "{line}");
+    assert_eq!(field(&line, "end"), Some("quit"), "{line}");
     assert!(
         field(&line, "wait").is_some_and(|w| w.ends_with("ms")),
         "{line}"

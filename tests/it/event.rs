@@ -438,7 +438,7 @@ fn event_dispatch_reads_proxy_headers_and_writes_access_lines() {
     let line = line_of(&mut p, "127.0.0.2:5555");
     assert_eq!(
         (field(&line, "in"), field(&line, "out"), field(&line, "end")),
-        (Some("17".into()), Some("12".into()), Some("exit".into())),
+        (Some("17".into()), Some("12".into()), Some("quit".into())),
         "{line}"
     );
     // The second goes idle holding `exi`.

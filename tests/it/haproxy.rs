@@ -255,7 +255,7 @@ fn behind_haproxy(a: &mut ServerProcess, b: &mut ServerProcess, h: &mut HaProxy)
         .unwrap()
         .clone();
     eprintln!("access line: {line}");
-    assert!(line.ends_with("in=27 out=22 end=exit"), "{line}");
+    assert!(line.ends_with("in=27 out=22 end=quit"), "{line}");
 
     // Clients spread over both servers (leastconn): 2 held on each.
     let mut held: Vec<TcpStream> = (0..2 * (WORKERS - 1))

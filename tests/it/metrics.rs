@@ -146,6 +146,11 @@ fn scrape_counts_held_connections_exactly() {
     wait_until("the third connection is queued", || {
         server.stats().queued == 1
     });
+    // A worker counts a write just after it returns, so a client can read
+    // its reply before the count moves (seen under load).
+    wait_until("both replies are counted", || {
+        server.stats().bytes_out == 10
+    });
     let m = get_metrics(maddr);
     for (series, want) in [
         ("poolserver_connections_accepted_total", 3.0),

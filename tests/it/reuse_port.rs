@@ -130,7 +130,7 @@ fn in_namespace() {
     let a_served = a
         .drain_lines()
         .iter()
-        .filter(|l| l.contains("end=exit"))
+        .filter(|l| l.contains("end=quit"))
         .count();
     eprintln!(
         "reuse-port: {} conversations, {} by the stopped instance, {} failed",
