@@ -9,7 +9,11 @@ use std::time::Duration;
 use poolserver::{AllowList, Buffers, Connection, Server, Service, Stats};
 use proxy_header::{ProxiedAddress, ProxyHeader};
 
-use crate::support::{self, connect, read_n, read_to_close, round_trip, wait_until, PATIENCE};
+use rstest::rstest;
+
+use crate::support::{
+    self, connect, read_n, read_to_close, round_trip, wait_until, Dispatch, PATIENCE,
+};
 
 /// A v2 header from `source` (to a destination of the same family).
 pub fn v2(source: &str) -> Vec<u8> {
@@ -33,7 +37,13 @@ pub fn v2_local() -> Vec<u8> {
 }
 
 fn proxied(workers: usize) -> poolserver::ServerBuilder {
-    support::builder().workers(workers).proxy_protocol(true)
+    proxied_in(Dispatch::Connection, workers)
+}
+
+fn proxied_in(mode: Dispatch, workers: usize) -> poolserver::ServerBuilder {
+    support::builder_in(mode)
+        .workers(workers)
+        .proxy_protocol(true)
 }
 
 /// Waits until every connection is closed and every worker idle, and
@@ -61,9 +71,11 @@ fn assert_closed_unanswered(client: &mut TcpStream) {
     assert!(got.is_empty(), "the server answered {got:?}");
 }
 
-#[test]
-fn a_v2_header_and_data_in_one_write_are_served_as_the_true_client() {
-    let server = proxied(2).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_v2_header_and_data_in_one_write_are_served_as_the_true_client(#[case] mode: Dispatch) {
+    let server = proxied_in(mode, 2).start().unwrap();
     let mut c = connect(server.local_addr());
     let mut first = v2("127.0.0.2:61000");
     first.extend_from_slice(b"hello\n");
@@ -76,9 +88,11 @@ fn a_v2_header_and_data_in_one_write_are_served_as_the_true_client() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn a_header_split_across_writes_is_put_together() {
-    let server = proxied(1).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_header_split_across_writes_is_put_together(#[case] mode: Dispatch) {
+    let server = proxied_in(mode, 1).start().unwrap();
     for cut in [1, 8, 15, 16, 20] {
         let mut c = connect(server.local_addr());
         c.set_nodelay(true).unwrap();
@@ -97,9 +111,11 @@ fn a_header_split_across_writes_is_put_together() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn a_v2_local_header_is_served_as_a_direct_connection() {
-    let server = proxied(1).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_v2_local_header_is_served_as_a_direct_connection(#[case] mode: Dispatch) {
+    let server = proxied_in(mode, 1).start().unwrap();
     let mut c = connect(server.local_addr());
     let mut first = v2_local();
     first.extend_from_slice(b"ping\r\nquit\r\n");
@@ -121,6 +137,7 @@ impl Service for WhoAmI {
     }
 }
 
+// Connection dispatch only: WhoAmI is a blocking Service, which event dispatch refuses.
 #[test]
 fn the_service_sees_the_true_client() {
     let server = proxied(1).service(WhoAmI).start().unwrap();
@@ -135,10 +152,15 @@ fn the_service_sees_the_true_client() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn a_peer_outside_proxy_from_is_closed_unanswered_before_reading() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_peer_outside_proxy_from_is_closed_unanswered_before_reading(#[case] mode: Dispatch) {
     let only_elsewhere: AllowList = "192.0.2.0/24".parse().unwrap();
-    let server = proxied(1).proxy_from(only_elsewhere).start().unwrap();
+    let server = proxied_in(mode, 1)
+        .proxy_from(only_elsewhere)
+        .start()
+        .unwrap();
     let mut c = connect(server.local_addr());
     // A perfectly good header claiming to be someone else: never believed.
     let mut first = v2("203.0.113.9:1111");
@@ -152,9 +174,11 @@ fn a_peer_outside_proxy_from_is_closed_unanswered_before_reading() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn malformed_headers_are_closed_unanswered_and_counted() {
-    let server = proxied(1).start().unwrap();
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn malformed_headers_are_closed_unanswered_and_counted(#[case] mode: Dispatch) {
+    let server = proxied_in(mode, 1).start().unwrap();
     let mut bad_command = v2_local();
     bad_command[12] = 0x2f;
     let cases: [&[u8]; 5] = [
@@ -178,10 +202,15 @@ fn malformed_headers_are_closed_unanswered_and_counted() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn an_oversized_header_is_refused_as_soon_as_its_length_says_so() {
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn an_oversized_header_is_refused_as_soon_as_its_length_says_so(#[case] mode: Dispatch) {
     // A long timeout: the refusal must come from the length alone.
-    let server = proxied(1).proxy_timeout(PATIENCE * 3).start().unwrap();
+    let server = proxied_in(mode, 1)
+        .proxy_timeout(PATIENCE * 3)
+        .start()
+        .unwrap();
     let mut c = connect(server.local_addr());
     let mut fixed = v2_local();
     fixed[14..16].copy_from_slice(&5000u16.to_be_bytes());
@@ -202,9 +231,11 @@ fn an_oversized_header_is_refused_as_soon_as_its_length_says_so() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn a_silent_client_is_closed_at_the_proxy_timeout_and_frees_its_worker() {
-    let server = proxied(1)
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn a_silent_client_is_closed_at_the_proxy_timeout_and_frees_its_worker(#[case] mode: Dispatch) {
+    let server = proxied_in(mode, 1)
         .proxy_timeout(Duration::from_millis(300))
         .start()
         .unwrap();
@@ -230,9 +261,11 @@ fn a_silent_client_is_closed_at_the_proxy_timeout_and_frees_its_worker() {
     server.shutdown(Duration::ZERO);
 }
 
-#[test]
-fn without_proxy_protocol_a_header_is_just_data() {
-    let server = support::server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn without_proxy_protocol_a_header_is_just_data(#[case] mode: Dispatch) {
+    let server = support::server_in(mode, 1);
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN\r\n");
     drop(c);
