@@ -5,7 +5,8 @@
 # Usage:
 #   scripts/compare.sh [-r ROUNDS] [-d DURATION] [-w WORKERS] [-s SIZE]
 #                      [--scenarios LIST] [--servers LIST] [--bulk-mib MIB]
-#                      [--idle N] [--idle-interval DUR] [--out DIR] [--no-build]
+#                      [--idle N] [--idle-interval DUR] [--idle-warmup DUR]
+#                      [--out DIR] [--no-build]
 #
 # Servers (--servers, comma-separated; default
 # poolserver,poolserver_event,thread_per_conn,tokio_per_conn):
@@ -29,7 +30,10 @@
 #   connect       8 loops of connect, one round trip, quit, close: connections/s
 #   idle10k       IDLE mostly idle connections (a 16-byte line every
 #                 IDLE_INTERVAL each), nothing else: served, reply p99,
-#                 server RSS and threads
+#                 server RSS and threads. They connect (paced, 64 at a
+#                 time) during a warm-up of IDLE_WARMUP (default 8s), then
+#                 DURATION is measured; one not yet connected by the end
+#                 counts as never served
 #   idle10k_pp8   pingpong8 beside those IDLE idle connections
 #
 # Every reply is checked byte for byte by poolload. Each scenario gets
@@ -45,7 +49,7 @@
 #
 # Defaults: 3 rounds, 5 s per timed run, 8 workers, 64-byte messages,
 # 256 MiB bulk, 10,000 idle connections every 2 s; all scenarios against
-# the four default servers take about 15 minutes.
+# the four default servers take about 15 minutes on 2 cores.
 #
 # Needs: cargo, python3, Linux /proc. Raises the soft descriptor limit to
 # the hard one (10,000 idle clients need 10,000 descriptors in poolload and
@@ -59,6 +63,7 @@ SIZE=64
 BULK_MIB=256
 IDLE=10000
 IDLE_INTERVAL=2s
+IDLE_WARMUP=8s
 OUT=""
 BUILD=1
 ALL_SCENARIOS="pingpong8,pingpong64,pingpong512,bulk,mixed,connect,idle10k,idle10k_pp8"
@@ -79,6 +84,7 @@ while [[ $# -gt 0 ]]; do
         --bulk-mib) BULK_MIB="$2"; shift 2 ;;
         --idle) IDLE="$2"; shift 2 ;;
         --idle-interval) IDLE_INTERVAL="$2"; shift 2 ;;
+        --idle-warmup) IDLE_WARMUP="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -230,8 +236,8 @@ scenario_args() {
         # The idle connections connect (paced, 64 at a time) during the
         # warm-up; one that is still not connected when the measured time
         # ends counts as never served.
-        idle10k) echo "--mode pingpong -c 0 --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup 5s" ;;
-        idle10k_pp8) echo "--mode pingpong -c 8 -s $SIZE --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup 5s" ;;
+        idle10k) echo "--mode pingpong -c 0 --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup $IDLE_WARMUP" ;;
+        idle10k_pp8) echo "--mode pingpong -c 8 -s $SIZE --idle $IDLE --idle-interval $IDLE_INTERVAL -d $DURATION --warmup $IDLE_WARMUP" ;;
     esac
 }
 
@@ -276,7 +282,7 @@ run_one() {
     echo "cpus: $(nproc)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "command: scripts/compare.sh $ORIG_ARGS"
-    echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS size=$SIZE bulk_mib=$BULK_MIB idle=$IDLE idle_interval=$IDLE_INTERVAL"
+    echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS size=$SIZE bulk_mib=$BULK_MIB idle=$IDLE idle_interval=$IDLE_INTERVAL idle_warmup=$IDLE_WARMUP"
     echo "scenarios: $SCENARIOS"
     echo "servers: $SERVER_LIST"
 } > "$OUT/meta.txt"
