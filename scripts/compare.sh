@@ -162,6 +162,9 @@ trap cleanup EXIT
 
 start_server() {
     local name="$1" scenario="$2" log="$OUT/$2.$1.log"
+    # Created here, not by the background redirection, so the first look
+    # at it below cannot race the server's start.
+    : > "$log"
     # shellcheck disable=SC2086  # the command line is meant to be split
     ${CMD[$name]} 2>"$log" &
     PID[$name]=$!
@@ -170,7 +173,7 @@ start_server() {
     # "listening on 127.0.0.1:PORT".
     local addr=""
     for _ in $(seq 100); do
-        addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1)
+        addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1 || true)
         [[ -n $addr ]] && break
         kill -0 "${PID[$name]}" 2>/dev/null || break
         sleep 0.1

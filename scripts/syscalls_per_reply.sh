@@ -73,12 +73,13 @@ done
 echo "connections=$CONNS workers=$WORKERS window=${SECONDS_}s cpus=$(nproc) commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) load=$(cut -d' ' -f1-3 /proc/loadavg)"
 for name in "${SERVERS[@]}"; do
     [[ -n ${CMD[$name]:-} ]] || { echo "unknown server '$name'" >&2; exit 2; }
+    : > "$TMP/$name.log"
     # shellcheck disable=SC2086  # the command line is meant to be split
     perf stat -x, -e "$EVENTS" -o "$TMP/$name.perf" -- ${CMD[$name]} 2>"$TMP/$name.log" &
     SPID=$!
     addr=""
     for _ in $(seq 100); do
-        addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$TMP/$name.log" | head -n 1)
+        addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$TMP/$name.log" | head -n 1 || true)
         [[ -n $addr ]] && break
         sleep 0.1
     done
