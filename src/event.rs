@@ -276,21 +276,7 @@ impl EventPool {
                 return self.check_finished();
             }
         };
-        let now = Instant::now();
-        let conn = Conn {
-            stream,
-            peer,
-            live,
-            accepted_at,
-            session,
-            last_data: now,
-            window_start: now,
-            window_bytes: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            held: false,
-            registration: None,
-        };
+        let conn = Conn::new(stream, peer, live, accepted_at, session);
         self.serve(local, conn, Why::Readable, &leftover);
     }
 

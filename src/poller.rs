@@ -92,6 +92,34 @@ pub(crate) struct Conn {
     pub(crate) registration: Option<Token>,
 }
 
+impl Conn {
+    /// A connection a worker is about to serve for the first time: its
+    /// idle timer and minimum-rate window start now.
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        live: LiveGuard,
+        accepted_at: Instant,
+        session: Box<dyn Session>,
+    ) -> Self {
+        let now = Instant::now();
+        Conn {
+            stream,
+            peer,
+            live,
+            accepted_at,
+            session,
+            last_data: now,
+            window_start: now,
+            window_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            held: false,
+            registration: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
@@ -496,21 +524,8 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, peer) = listener.accept().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let now = Instant::now();
-        let conn = Conn {
-            stream,
-            peer,
-            live: LiveGuard::new(counters, peer),
-            accepted_at: now,
-            session: Uppercase.open(peer),
-            last_data: now,
-            window_start: now,
-            window_bytes: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            held: false,
-            registration: None,
-        };
+        let live = LiveGuard::new(counters, peer);
+        let conn = Conn::new(stream, peer, live, Instant::now(), Uppercase.open(peer));
         (conn, client)
     }
 
