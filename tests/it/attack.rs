@@ -600,14 +600,20 @@ fn monitor_reports_hold_the_invariants_under_mixed_load(#[case] mode: Dispatch) 
             .args(args);
         cmd.stdout(std::process::Stdio::null()).spawn().unwrap()
     };
+    // The silent clients connect first, so the mix surely has both paths
+    // the final check looks for: in connection mode they take every worker
+    // and fill the queue (the loads that follow are turned away) until the
+    // idle timeout frees them; in event mode they are parked until it does.
+    // Connected after the loads, on a loaded machine they could all be
+    // turned away or only reach a worker after the loads had ended.
+    let silent: Vec<_> = (0..12)
+        .filter_map(|_| TcpStream::connect(server.addr).ok())
+        .collect();
     let mut runs = vec![
         load(&["--mode", "pingpong", "-c", "3", "-d", "1s"]),
         load(&["--mode", "connect", "-c", "4", "-d", "1s"]),
         load(&["--mode", "bulk", "-c", "1", "--bulk-mib", "4"]),
     ];
-    let silent: Vec<_> = (0..12)
-        .filter_map(|_| TcpStream::connect(server.addr).ok())
-        .collect();
     for r in &mut runs {
         // Exit codes vary (BUSY answers count as errors to poolload); the
         // point here is the server's reports.
