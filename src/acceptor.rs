@@ -35,7 +35,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::closer::{turn_away, Closer};
 use crate::config::Overflow;
 use crate::proxy::{Gate, Refusal};
-use crate::queue::{busy_line, Job};
+use crate::queue::{busy_line, Bell, Job};
 use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, LiveGuard, Rejection};
@@ -76,6 +76,9 @@ pub(crate) struct Acceptor {
     pub(crate) hand_over: HandOver,
     /// `--max-connections` in event dispatch (see `admission.rs`).
     pub(crate) max_live: Option<u64>,
+    /// Event dispatch: rung after each job put on the queue, since idle
+    /// event workers wait in epoll, not on the queue.
+    pub(crate) bell: Option<Arc<Bell>>,
 }
 
 /// At shutdown, connections still in the kernel's queue are taken
@@ -139,13 +142,24 @@ impl Acceptor {
             gate,
             hand_over: HandOver::Never,
             max_live: None,
+            bell: None,
         };
         Ok((acceptor, waker))
     }
 
     /// Accepts until shutdown begins, then empties the kernel's queue and
-    /// closes the listener (by dropping it).
+    /// closes the listener and the queue's sending end (by dropping them).
     pub(crate) fn run(mut self) {
+        self.accept_until_shutdown();
+        let bell = self.bell.take();
+        drop(self);
+        // Event workers waiting in epoll learn that the queue is closed.
+        if let Some(bell) = bell {
+            bell.ring_anyway();
+        }
+    }
+
+    fn accept_until_shutdown(&mut self) {
         let mut events = Events::with_capacity(4);
         while !self.shutdown.has_begun() {
             if self.at_limit() {
@@ -242,7 +256,7 @@ impl Acceptor {
         }
         match self.queue.try_send(job) {
             Ok(()) => {
-                self.counters.note_queued(self.queue.len());
+                self.queued();
                 true
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
@@ -277,8 +291,7 @@ impl Acceptor {
         }
         match self.queue.try_send(job) {
             Ok(()) => {
-                let queued = self.queue.len();
-                self.counters.note_queued(queued);
+                let queued = self.queued();
                 if queued > 0 && self.counters.busy() >= self.counters.workers() {
                     self.saturated();
                 }
@@ -308,7 +321,7 @@ impl Acceptor {
             if let Err(e) = op.send(&self.queue, job) {
                 e.into_inner().reject(Rejection::Shutdown, &self.closer);
             }
-            self.counters.note_queued(self.queue.len());
+            self.queued();
         } else {
             debug_assert_eq!(op.index(), stop);
             let _ = op.recv(self.shutdown.signal());
@@ -316,8 +329,11 @@ impl Acceptor {
                 // The kernel's queue goes to others, but this one was taken
                 // from it already: wait for room while workers still serve.
                 let deadline = self.shutdown.deadline().unwrap_or_else(Instant::now);
-                if let Err(e) = self.queue.send_deadline(job, deadline) {
-                    e.into_inner().reject(Rejection::Shutdown, &self.closer);
+                match self.queue.send_deadline(job, deadline) {
+                    Ok(()) => {
+                        self.queued();
+                    }
+                    Err(e) => e.into_inner().reject(Rejection::Shutdown, &self.closer),
                 }
                 return;
             }
@@ -325,6 +341,17 @@ impl Acceptor {
             // which arrived after it.
             self.queue_or_refuse(job);
         }
+    }
+
+    /// A job was put on the queue: counted, and event workers woken for
+    /// it. Returns the queue's length.
+    fn queued(&self) -> usize {
+        let queued = self.queue.len();
+        self.counters.note_queued(queued);
+        if let Some(bell) = &self.bell {
+            bell.ring();
+        }
+        queued
     }
 
     fn saturated(&self) {

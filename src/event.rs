@@ -2,13 +2,18 @@
 //! connection while it has data, and parks it with the poller when it has
 //! none, so far more connections than workers are served.
 //!
-//! A worker takes jobs from two queues: new connections from the accept
+//! A worker takes jobs from two queues — new connections from the accept
 //! queue (admitted by the same rules as connection mode: `--queue-timeout`,
-//! `BUSY` past the shutdown deadline) and readable ones from the ready
-//! queue. It serves one *slice* at a time, holding the busy gauge only
-//! then: read, [`Session::on_data`], write, again, until
+//! `BUSY` past the shutdown deadline) and connections the ready queue holds
+//! (a slice that yielded, a deadline that passed, readable ones another
+//! worker took from epoll with its own) — and, when both are empty, waits
+//! in the poller's epoll, where a parked connection that becomes readable
+//! wakes it directly (see `poller.rs`). It serves one *slice* at a time,
+//! holding the busy gauge only then: read, [`Session::on_data`], write,
+//! again, until
 //!
-//! * the read would block: it parks the connection — unless there are no
+//! * a read comes back short (the socket's queue is drained) or would
+//!   block: it parks the connection without a further read — unless there are no
 //!   more live connections than workers and nobody waits for a worker.
 //!   Then holding the connection costs nobody a worker, so the worker
 //!   *holds* it: the socket is switched to blocking with a receive timeout
@@ -17,7 +22,8 @@
 //!   message usually comes sooner than the grace). It parks the connection
 //!   when the grace passes without data;
 //! * the slice budget ([`SLICE_READS`] reads or [`SLICE_BYTES`] bytes) is
-//!   spent while others wait: the connection goes to the tail of the ready
+//!   spent while others wait (queued, or readable in the epoll: the worker
+//!   looks without waiting): the connection goes to the tail of the ready
 //!   queue (not parked: unread data raises no new edge), which is what keeps
 //!   a bulk stream from starving ping-pong clients; with nobody waiting the
 //!   budget starts again and the stream keeps its worker;
@@ -37,7 +43,9 @@
 //! The pool ends when the acceptor is gone and no connection is left
 //! outside the closer; channel disconnection cannot tell (workers
 //! themselves hold senders of the ready queue), so connections are counted
-//! (`Counters::outside_closer`).
+//! (`Counters::outside_closer`). The worker that finds it so sets the stop
+//! flag and rings the bell; each worker that wakes to it rings again for
+//! the next, so all of them exit.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -46,14 +54,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, TryRecvError};
 use log::{debug, error, info, warn};
-use parking_lot::Mutex;
 
 use crate::access::Ending;
 use crate::closer::Closer;
 use crate::connection::{is_timeout, is_write_stall, Connection, End, Limits, Pressure};
-use crate::poller::{Conn, Parked, Parking, Why};
+use crate::poller::{Conn, Events, Parked, Parking, Why};
 use crate::pool::PoolContext;
 use crate::proxy::Gate;
 use crate::queue::Job;
@@ -94,9 +101,8 @@ pub(crate) struct EventPool {
     pub(crate) grace: Duration,
     /// Set by the first worker that finds the accept queue closed and empty.
     accept_closed: AtomicBool,
-    /// Dropped when the pool has finished, which wakes every idle worker.
-    stop_tx: Mutex<Option<Sender<()>>>,
-    stop_rx: Receiver<()>,
+    /// Set when the pool has finished: every worker exits.
+    stopped: AtomicBool,
 }
 
 /// What a slice ended with.
@@ -123,7 +129,6 @@ impl EventPool {
         accept: Receiver<Job>,
         ready: Receiver<crate::poller::Ready>,
     ) -> Self {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         EventPool {
             counters: Arc::clone(&ctx.counters),
             shutdown: Arc::clone(&ctx.shutdown),
@@ -138,8 +143,7 @@ impl EventPool {
             ready,
             grace: PARK_GRACE,
             accept_closed: AtomicBool::new(false),
-            stop_tx: Mutex::new(Some(stop_tx)),
-            stop_rx,
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -148,52 +152,106 @@ impl EventPool {
         Local {
             id,
             bufs: Buffers::new(self.read_buffer_size),
+            events: crate::poller::events(),
+            taken: Vec::with_capacity(crate::poller::HARVEST),
+            accept_first: false,
         }
     }
 
-    /// The worker loop.
+    /// The worker loop: queued work first, else wait in the epoll.
     pub(crate) fn run(&self, mut local: Local) {
         let local = &mut local;
-        let never = crossbeam_channel::never();
-        let mut accept_open = true;
-        loop {
-            let accept = if accept_open { &self.accept } else { &never };
-            select! {
-                recv(self.ready) -> item => {
-                    if let Ok(item) = item {
-                        self.counters.record_ready_wait(local.id, item.since.elapsed());
-                        drop(item.in_queue);
-                        self.serve(local, item.conn, item.why, &[]);
-                    }
-                }
-                recv(accept) -> job => match job {
-                    Ok(job) => {
-                        self.serve_new(local, job);
-                        if self.accept.is_empty() {
-                            if let Some(lasted) = self.counters.end_saturation() {
-                                info!(
-                                    "a worker is free again and nothing waits: saturation over \
-                                     after {}",
-                                    humantime::format_duration(Duration::from_millis(
-                                        lasted.as_millis() as u64
-                                    ))
-                                );
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        accept_open = false;
-                        self.accept_closed.store(true, Ordering::SeqCst);
-                        self.check_finished();
-                    }
-                },
-                recv(self.stop_rx) -> _ => break,
+        while !self.stopped.load(Ordering::SeqCst) {
+            if self.take_queued(local) {
+                continue;
+            }
+            let mut taken = std::mem::take(&mut local.taken);
+            self.parking.wait(
+                &mut local.events,
+                || !self.stopped.load(Ordering::SeqCst) && self.nothing_queued(),
+                &mut taken,
+            );
+            // The first readable connection is served here and now; any
+            // others go to the ready queue for the next free worker.
+            let mut readable = taken.drain(..);
+            let first = readable.next();
+            for conn in readable {
+                self.parking.push(conn, Why::Readable);
+            }
+            local.taken = taken;
+            if let Some(conn) = first {
+                // Its ready wait: from the epoll to this worker, which is
+                // at once (the time it was readable while every worker was
+                // busy is the kernel's, and not seen).
+                self.counters.record_ready_wait(local.id, Duration::ZERO);
+                self.serve(local, conn, Why::Readable, &[]);
             }
         }
+        // Wake the next worker, which wakes the next.
+        self.parking.bell().ring_anyway();
         debug!(
             "event worker {} exiting: every connection is closed",
             local.id
         );
+    }
+
+    /// Serves one job from the ready or the accept queue (taking turns
+    /// which is looked at first); false if both were empty.
+    fn take_queued(&self, local: &mut Local) -> bool {
+        local.accept_first = !local.accept_first;
+        if local.accept_first && self.take_accept(local) {
+            return true;
+        }
+        if let Ok(item) = self.ready.try_recv() {
+            self.pass_on();
+            self.counters
+                .record_ready_wait(local.id, item.since.elapsed());
+            drop(item.in_queue);
+            self.serve(local, item.conn, item.why, &[]);
+            return true;
+        }
+        !local.accept_first && self.take_accept(local)
+    }
+
+    fn take_accept(&self, local: &mut Local) -> bool {
+        match self.accept.try_recv() {
+            Ok(job) => {
+                self.pass_on();
+                self.serve_new(local, job);
+                if self.accept.is_empty() {
+                    if let Some(lasted) = self.counters.end_saturation() {
+                        info!(
+                            "a worker is free again and nothing waits: saturation over after {}",
+                            humantime::format_duration(Duration::from_millis(
+                                lasted.as_millis() as u64
+                            ))
+                        );
+                    }
+                }
+                true
+            }
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Disconnected) => {
+                if !self.accept_closed.swap(true, Ordering::SeqCst) {
+                    self.check_finished();
+                }
+                false
+            }
+        }
+    }
+
+    /// Having taken a job: if more wait and a worker sleeps, wake it (one
+    /// ring wakes one worker, which passes it on in turn).
+    fn pass_on(&self) {
+        if !self.nothing_queued() && self.parking.bell().sleepers() {
+            self.parking.bell().ring_anyway();
+        }
+    }
+
+    /// Whether both queues are empty (a closed, empty accept queue counts
+    /// as empty).
+    fn nothing_queued(&self) -> bool {
+        self.ready.is_empty() && self.accept.is_empty()
     }
 
     /// Ends the pool once the acceptor is gone and every connection has
@@ -201,12 +259,13 @@ impl EventPool {
     /// consistent operations (the flag here, the count in `LiveGuard`), so
     /// whichever happens last sees the other.
     fn check_finished(&self) {
-        if self.accept_closed.load(Ordering::SeqCst) && self.counters.outside_closer() == 0 {
-            if let Some(tx) = self.stop_tx.lock().take() {
-                drop(tx);
-                self.parking.stop();
-                debug!("event dispatch finished: the acceptor is gone, every connection closed");
-            }
+        if self.accept_closed.load(Ordering::SeqCst)
+            && self.counters.outside_closer() == 0
+            && !self.stopped.swap(true, Ordering::SeqCst)
+        {
+            self.parking.stop();
+            self.parking.bell().ring_anyway();
+            debug!("event dispatch finished: the acceptor is gone, every connection closed");
         }
     }
 
@@ -418,7 +477,12 @@ impl EventPool {
                         );
                         return self.end(local, conn, End::TooSlow, io);
                     }
-                    let Local { bufs, .. } = local;
+                    let Local {
+                        bufs,
+                        events,
+                        taken,
+                        ..
+                    } = &mut *local;
                     let out = &mut bufs.output;
                     out.clear();
                     out.reserve(self.service.max_output(n));
@@ -430,10 +494,21 @@ impl EventPool {
                     reads += 1;
                     bytes += n;
                     if reads >= SLICE_READS || bytes >= SLICE_BYTES {
-                        if self.others_waiting() {
+                        // Readable connections nobody has taken yet are in
+                        // the epoll, not on a queue: looked for without
+                        // waiting, and queued if found.
+                        if self.others_waiting() || self.parking.harvest(events, taken) {
                             return Ok(Next::Yield);
                         }
                         (reads, bytes) = (0, 0);
+                    }
+                    // A short read drained the socket: park without the
+                    // read that would only say so (an edge since then is
+                    // the slot's pending flag, and a first registration
+                    // checks readiness). A held socket waits out its grace
+                    // in the next read instead.
+                    if n < bufs.input.len() && !conn.held {
+                        return Ok(Next::Park);
                     }
                 }
                 // Nothing to read (or, held, nothing within the grace).
@@ -555,8 +630,13 @@ impl EventPool {
     }
 }
 
-/// What one worker owns: its id, buffers and short-wait epoll.
+/// What one worker owns: its id, its buffers, its `epoll_wait` buffer and
+/// where it puts the connections taken from it.
 pub(crate) struct Local {
     id: usize,
     bufs: Buffers,
+    events: Events,
+    taken: Vec<Conn>,
+    /// Which queue to look at first next time (they take turns).
+    accept_first: bool,
 }

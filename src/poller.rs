@@ -1,14 +1,26 @@
 //! Event dispatch's poller: where idle connections wait without a worker.
 //!
-//! One thread owns a mio [`Poll`] (epoll). A worker whose connection has
-//! nothing to read *parks* it here: the connection goes into its slot of
-//! the parked table. When the socket becomes readable, its idle deadline
-//! passes, or the shutdown deadline passes, the poller takes it out of the
-//! table and pushes it onto the ready queue, where the next free worker
-//! picks it up.
+//! A worker whose connection has nothing to read *parks* it here: the
+//! connection goes into its slot of the parked table, and its socket stays
+//! registered with one epoll instance. Idle workers themselves wait in
+//! that epoll ([`Parking::wait`]); when a parked socket becomes readable,
+//! the kernel wakes one of them, which takes the connection out of the
+//! table and serves it at once. A small thread, the *timer*
+//! ([`Poller::run`]), pushes connections whose idle deadline or the
+//! shutdown deadline has passed onto the ready queue.
 //!
 //! Decisions:
 //!
+//! * **Workers wait in epoll themselves** (leader/followers without a
+//!   leader: Linux wakes one of the threads waiting on an epoll instance
+//!   per event). The first version had a poller thread turn epoll events
+//!   into ready-queue entries, so every round trip of a parked connection
+//!   cost two wake-ups (poller, then worker) and went through one thread
+//!   (see the README's event dispatch figures). Jobs that do not come from
+//!   epoll (new connections, a slice that yielded, deadlines) go on their
+//!   queues and ring the [`Bell`], an eventfd in the same epoll. mio's
+//!   `Poll::poll` takes `&mut self`, so the workers call `epoll_wait` on
+//!   the instance's descriptor directly; mio still registers the sockets.
 //! * **Registered once, with a pending flag** (Go's netpoller way; approach
 //!   C of the research). mio 1.x is edge-triggered with no oneshot. The
 //!   first park registers the socket and it stays registered while the
@@ -16,16 +28,16 @@
 //!   while a worker has it sets the slot's `pending` flag, and the next
 //!   park then answers "read again" instead of parking, so no edge is
 //!   lost. The first version registered on every park and deregistered on
-//!   every event (httpd's way): two `epoll_ctl` calls per round trip on the
-//!   poller's single thread; this one measured 1.4x its round trips at 512
-//!   clients (see the handoff note). A registration ends ([`Parking::forget`])
-//!   before the connection is closed, and while a worker *holds* it (no
-//!   events wanted then). Registering after a read said `WouldBlock` cannot
-//!   lose data on Linux either: `EPOLL_CTL_ADD` checks current readiness.
+//!   every event (httpd's way): two `epoll_ctl` calls per round trip; this
+//!   one measured 1.4x its round trips at 512 clients. A registration ends
+//!   ([`Parking::forget`]) before the connection is closed, and while a
+//!   worker *holds* it (no events wanted then). Registering after a read
+//!   said `WouldBlock`, or after a short read, cannot lose data on Linux:
+//!   `EPOLL_CTL_ADD` checks current readiness.
 //! * **Exactly one owner.** A connection is in exactly one place: the accept
 //!   queue, a worker, the ready queue, this table, or the closer. Every
-//!   change of a slot happens under the table's lock, so the poller and a
-//!   parking worker never both think they have a connection.
+//!   change of a slot happens under the table's lock, so two workers, or a
+//!   worker and the timer, never both think they have a connection.
 //! * **Generations.** A token is `slot | generation << 32`; every new
 //!   registration gets a new generation, so an event fetched in the same
 //!   batch as a deregistration is recognised as stale and ignored.
@@ -34,28 +46,31 @@
 //!   the others are skipped when they come up); the heap is
 //!   rebuilt from the table when stale entries outnumber live ones, so a
 //!   busy server's parks cannot grow it without bound.
-//! * **The ready queue is unbounded**, so the poller never blocks on a
-//!   worker (which would deadlock: workers park into the poller). It holds
-//!   at most the live connections, which `--max-connections` bounds.
-//! * The thread wakes at least every [`POLL_SLICE`], like a connection-mode
+//! * **The ready queue is unbounded**, so nobody blocks on a worker (which
+//!   would deadlock: workers push onto it). It holds at most the live
+//!   connections, which `--max-connections` bounds.
+//! * The timer wakes at least every [`POLL_SLICE`], like a connection-mode
 //!   worker's read, to notice deadlines; a deadline is at most one slice
-//!   late.
+//!   late. A waiting worker also wakes every slice, so even a lost wake-up
+//!   would cost a slice, not a hang.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, warn};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
+use rustix::event::{epoll, Timespec};
 
+use crate::queue::Bell;
+use crate::ratelimit::RateLimit;
 use crate::service::Session;
 use crate::shutdown::{Shutdown, POLL_SLICE};
 use crate::stats::{Counters, GaugeGuard, LiveGuard};
@@ -153,18 +168,38 @@ pub(crate) struct Ready {
     pub(crate) in_queue: GaugeGuard,
 }
 
-/// The workers' handle on the poller: park a connection, push one onto the
-/// ready queue.
+/// The workers' handle on the poller: park a connection, wait for parked
+/// ones to become readable, push one onto the ready queue.
 #[derive(Debug)]
 pub(crate) struct Parking {
+    /// Registers sockets with the epoll instance; its descriptor is the one
+    /// the workers wait on.
     registry: Registry,
     table: Mutex<Table>,
     ready: Sender<Ready>,
     counters: Arc<Counters>,
     idle_timeout: Option<Duration>,
-    waker: Waker,
-    /// Set when the pool has finished; the thread exits.
-    stop: AtomicBool,
+    /// Wakes a worker waiting in the epoll (its eventfd is registered there).
+    bell: Arc<Bell>,
+    /// Dropped when the pool has finished: the timer exits.
+    stop: Mutex<Option<Sender<()>>>,
+    /// `epoll_wait` failing other than by a signal (not expected).
+    wait_errors: Mutex<RateLimit>,
+}
+
+/// How many events a worker takes from one `epoll_wait`: it serves the
+/// first and puts the others on the ready queue for the next free worker.
+pub(crate) const HARVEST: usize = 8;
+
+/// A worker's buffer for `epoll_wait`.
+pub(crate) type Events = [epoll::Event; HARVEST];
+
+/// An empty [`Events`].
+pub(crate) fn events() -> Events {
+    [epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(0),
+    }; HARVEST]
 }
 
 #[derive(Debug, Default)]
@@ -341,7 +376,77 @@ impl Parking {
         }
     }
 
-    /// Puts a connection on the ready queue (never blocks).
+    /// Waits (up to a [`POLL_SLICE`]) for a parked connection to become
+    /// readable or the [`Bell`] to ring, unless `idle()` says there is
+    /// work after all once this worker counts as a sleeper. Readable
+    /// connections taken out of the table go into `out`.
+    pub(crate) fn wait(&self, events: &mut Events, idle: impl Fn() -> bool, out: &mut Vec<Conn>) {
+        self.bell.sleeping();
+        if !idle() {
+            self.bell.awake();
+            return;
+        }
+        let n = self.epoll_wait(events, Some(POLL_SLICE));
+        self.bell.awake();
+        self.take_readable(&events[..n], out);
+    }
+
+    /// Takes the parked connections that are readable now, without
+    /// waiting: a worker whose slice is spent asks this to know whether
+    /// others wait for a worker (readable connections nobody has taken
+    /// yet are in the kernel's list, not on the ready queue). Pushes them
+    /// onto the ready queue; true if there were any.
+    pub(crate) fn harvest(&self, events: &mut Events, out: &mut Vec<Conn>) -> bool {
+        let n = self.epoll_wait(events, None);
+        self.take_readable(&events[..n], out);
+        let found = !out.is_empty();
+        for conn in out.drain(..) {
+            self.push(conn, Why::Readable);
+        }
+        found
+    }
+
+    /// `epoll_wait` for up to `timeout` (`None`: do not wait); how many
+    /// events it filled in.
+    fn epoll_wait(&self, events: &mut Events, timeout: Option<Duration>) -> usize {
+        let timeout = Timespec {
+            tv_sec: timeout.map_or(0, |t| t.as_secs() as i64),
+            tv_nsec: timeout.map_or(0, |t| i64::from(t.subsec_nanos())),
+        };
+        match epoll::wait(&self.registry, &mut events[..], Some(&timeout)) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => 0,
+            Err(e) => {
+                if self.wait_errors.lock().allow().is_some() {
+                    // Not expected from a valid epoll instance; the worker
+                    // goes on looking at its queues.
+                    warn!("epoll_wait failed: {e}");
+                }
+                0
+            }
+        }
+    }
+
+    /// The connections of these events that were parked (the others were
+    /// the bell, or belong to a connection a worker has: marked pending).
+    fn take_readable(&self, events: &[epoll::Event], out: &mut Vec<Conn>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut table = self.table.lock();
+        for event in events {
+            let token = Token(event.data.u64() as usize);
+            if token == WAKER {
+                continue;
+            }
+            if let Some(conn) = table.on_event(token) {
+                out.push(conn);
+            }
+        }
+    }
+
+    /// Puts a connection on the ready queue (never blocks) and wakes a
+    /// sleeping worker for it.
     pub(crate) fn push(&self, conn: Conn, why: Why) {
         let item = Ready {
             conn,
@@ -356,25 +461,31 @@ impl Parking {
         if let Err(e) = self.ready.send(item) {
             drop(e.into_inner());
         }
+        self.bell.ring();
     }
 
-    /// Tells the poller thread to exit (the pool has finished).
+    /// The bell that wakes waiting workers.
+    pub(crate) fn bell(&self) -> &Arc<Bell> {
+        &self.bell
+    }
+
+    /// Tells the timer to exit (the pool has finished).
     pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.waker.wake();
+        drop(self.stop.lock().take());
     }
 }
 
-/// The poller thread's state.
+/// The timer thread: idle deadlines and the shutdown deadline of parked
+/// connections.
 #[derive(Debug)]
 pub(crate) struct Poller {
-    poll: Poll,
     parking: Arc<Parking>,
     shutdown: Arc<Shutdown>,
+    stop: Receiver<()>,
 }
 
 impl Poller {
-    /// Creates the poller and the workers' handle on it.
+    /// Creates the epoll instance, the timer and the workers' handle.
     pub(crate) fn new(
         ready: Sender<Ready>,
         counters: Arc<Counters>,
@@ -383,28 +494,32 @@ impl Poller {
     ) -> io::Result<(Poller, Arc<Parking>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        // The registry's own descriptor keeps the epoll instance open once
+        // `poll` is dropped; nobody calls `Poll::poll`.
+        let registry = poll.registry().try_clone()?;
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let parking = Arc::new(Parking {
-            registry: poll.registry().try_clone()?,
+            registry,
             table: Mutex::new(Table::default()),
             ready,
             counters,
             idle_timeout,
-            waker,
-            stop: AtomicBool::new(false),
+            bell: Arc::new(Bell::new(waker)),
+            stop: Mutex::new(Some(stop_tx)),
+            wait_errors: Mutex::new(RateLimit::new(Duration::from_secs(1))),
         });
         let poller = Poller {
-            poll,
             parking: Arc::clone(&parking),
             shutdown,
+            stop: stop_rx,
         };
         Ok((poller, parking))
     }
 
-    /// The poller loop; returns when [`Parking::stop`] is called.
-    pub(crate) fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
+    /// The timer loop; returns when [`Parking::stop`] is called.
+    pub(crate) fn run(self) {
         let p = Arc::clone(&self.parking);
-        while !p.stop.load(Ordering::Acquire) {
+        loop {
             let timeout = {
                 let table = p.table.lock();
                 table
@@ -414,22 +529,8 @@ impl Poller {
                         at.saturating_duration_since(Instant::now()).min(POLL_SLICE)
                     })
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    // Not expected from a valid epoll instance; back off a
-                    // slice rather than spin, deadlines still run below.
-                    warn!("poller: poll failed: {e}");
-                    std::thread::sleep(POLL_SLICE);
-                }
-            }
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
-                }
-                let conn = p.table.lock().on_event(event.token());
-                if let Some(conn) = conn {
-                    p.push(conn, Why::Readable);
-                }
+            if let Err(RecvTimeoutError::Disconnected) = self.stop.recv_timeout(timeout) {
+                break;
             }
             self.expire_idle(&p);
             if self.shutdown.deadline_passed() {
@@ -446,7 +547,7 @@ impl Poller {
                 }
             }
         }
-        debug!("poller exiting: every connection has been closed");
+        debug!("poller timer exiting: every connection has been closed");
     }
 
     /// Pushes every connection whose idle deadline has passed.
@@ -529,16 +630,15 @@ mod tests {
         (conn, client)
     }
 
-    /// Waits for the poller's next event and hands it to the table, as the
-    /// poller thread does.
-    fn next_event(poller: &mut Poller, parking: &Parking) -> Option<Conn> {
-        let mut events = Events::with_capacity(8);
-        poller
-            .poll
-            .poll(&mut events, Some(Duration::from_secs(20)))
-            .unwrap();
-        let token = events.iter().next().expect("an event").token();
-        parking.table.lock().on_event(token)
+    /// Waits for the epoll's next event and hands it to the table, as a
+    /// waiting worker does.
+    fn next_event(parking: &Parking) -> Option<Conn> {
+        let mut events = events();
+        let n = parking.epoll_wait(&mut events, Some(Duration::from_secs(20)));
+        assert_eq!(n, 1, "one event");
+        let mut out = Vec::new();
+        parking.take_readable(&events[..n], &mut out);
+        out.pop()
     }
 
     #[test]
@@ -546,19 +646,19 @@ mod tests {
         let counters = Arc::new(Counters::new(1, 1));
         let (tx, _rx) = crossbeam_channel::unbounded();
         let shutdown = Arc::new(Shutdown::new());
-        let (mut poller, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
+        let (_timer, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
         let (conn, mut client) = conn_pair(&counters);
         assert!(matches!(parking.park(conn), Parked::Yes), "first park");
         assert_eq!(counters.snapshot(0).parked, 1);
 
         client.write_all(b"a").unwrap();
-        let mut conn = next_event(&mut poller, &parking).expect("the parked connection");
+        let mut conn = next_event(&parking).expect("the parked connection");
         assert_eq!(counters.snapshot(0).parked, 0);
         let mut buf = [0u8; 8];
         assert_eq!((&conn.stream).read(&mut buf).unwrap(), 1);
         // More data while the "worker" still has it: the edge is kept...
         client.write_all(b"b").unwrap();
-        assert!(next_event(&mut poller, &parking).is_none());
+        assert!(next_event(&parking).is_none());
         // ...so parking says read again, and the data is there.
         conn = match parking.park(conn) {
             Parked::Retry(conn) => conn,
@@ -568,7 +668,7 @@ mod tests {
         assert!(matches!(parking.park(conn), Parked::Yes), "parked again");
         // Still registered: the next byte wakes it without a new epoll_ctl.
         client.write_all(b"c").unwrap();
-        let mut conn = next_event(&mut poller, &parking).expect("woken");
+        let mut conn = next_event(&parking).expect("woken");
         parking.forget(&mut conn);
         assert!(conn.registration.is_none());
     }

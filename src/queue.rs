@@ -6,10 +6,12 @@
 //! wait and `--queue-timeout` run from `accept(2)`), the turn-away of a
 //! connection that cannot be served ([`Job::reject`]), the length that the
 //! monitor and [`Server::stats`](crate::Server::stats) report
-//! ([`QueueLen`]), and the pressure that switches the minimum data rate on
-//! ([`Pressure`] for the workers' receiver).
+//! ([`QueueLen`]), the pressure that switches the minimum data rate on
+//! ([`Pressure`] for the workers' receiver), and the [`Bell`] that wakes
+//! event dispatch's workers, which wait in epoll rather than on the queue.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,5 +132,67 @@ impl QueueLen {
 impl Pressure for Receiver<Job> {
     fn others_waiting(&self) -> bool {
         !self.is_empty()
+    }
+}
+
+/// Wakes event dispatch's idle workers when work arrives on a queue.
+///
+/// An idle event worker waits in `epoll_wait` (see `poller.rs`), where a
+/// readable connection wakes it directly; a job put on the accept queue or
+/// the ready queue cannot, so whoever puts one there rings this bell: a
+/// write to an eventfd registered in the same epoll, which wakes one
+/// waiting worker. It rings only when a worker sleeps, so a busy pool pays
+/// one atomic load per job.
+///
+/// No wake-up is lost (Dekker's handshake): a worker counts itself a
+/// sleeper *before* it last looks at the queues, a producer puts its job on
+/// the queue *before* it counts the sleepers, with a sequentially
+/// consistent fence between each side's two steps. So either the worker
+/// sees the job, or the producer sees the sleeper and rings; a ring that
+/// comes before the worker is inside `epoll_wait` stays pending in the
+/// epoll and ends the wait at once.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    waker: mio::Waker,
+    sleepers: AtomicUsize,
+}
+
+impl Bell {
+    pub(crate) fn new(waker: mio::Waker) -> Bell {
+        Bell {
+            waker,
+            sleepers: AtomicUsize::new(0),
+        }
+    }
+
+    /// After putting work on a queue: wakes a sleeping worker, if any.
+    pub(crate) fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.ring_anyway();
+        }
+    }
+
+    /// Wakes one sleeping worker, or the next one to sleep.
+    pub(crate) fn ring_anyway(&self) {
+        // Fails only if the eventfd's counter is full, which a waiting
+        // worker's wake-up does not need (the pending edge is what counts).
+        let _ = self.waker.wake();
+    }
+
+    /// Whether a worker sleeps (or is about to).
+    pub(crate) fn sleepers(&self) -> bool {
+        self.sleepers.load(Ordering::SeqCst) > 0
+    }
+
+    /// A worker is about to sleep: counted before its last look at the
+    /// queues. Paired with [`Bell::awake`].
+    pub(crate) fn sleeping(&self) {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    pub(crate) fn awake(&self) {
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -33,7 +33,7 @@ use crate::poller::Poller;
 use crate::pool::{PoolContext, Worker};
 use crate::proxy::Gate;
 use crate::queue::Job;
-use crate::queue::{self, QueueLen};
+use crate::queue::{self, Bell, QueueLen};
 use crate::service::ServiceKind;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
@@ -260,14 +260,12 @@ impl Server {
         let event = b.dispatch == Dispatch::Event;
         let max_live = event.then_some(b.max_connections as u64);
         raise_fd_limit(event.then_some(b.max_connections), b.workers);
+        let mut bell = None;
         if event {
-            server.poller = Some(start_event_pool(
-                &b,
-                &mut threads,
-                &mut server.workers,
-                &ctx,
-                &queue_rx,
-            )?);
+            let (poller, rings) =
+                start_event_pool(&b, &mut threads, &mut server.workers, &ctx, &queue_rx)?;
+            server.poller = Some(poller);
+            bell = Some(rings);
         } else {
             for id in 0..b.workers {
                 let (ctx, queue) = (Arc::clone(&ctx), queue_rx.clone());
@@ -328,6 +326,7 @@ impl Server {
         .map_err(Error::Spawn)?;
         acceptor.hand_over = hand_over;
         acceptor.max_live = max_live;
+        acceptor.bell = bell;
         if let Some(max) = max_live {
             counters.set_admission(Admission {
                 max,
@@ -370,15 +369,16 @@ impl Server {
     }
 }
 
-/// Starts event dispatch's workers on `accept` and its poller thread
-/// (returned). Both hold `done`, so the final report waits for them.
+/// Starts event dispatch's workers on `accept` and its poller's timer
+/// thread (returned, with the bell the acceptor rings for each job). Both
+/// hold `done`, so the final report waits for them.
 fn start_event_pool(
     b: &ServerBuilder,
     threads: &mut Threads,
     workers: &mut Vec<Worker>,
     ctx: &PoolContext,
     accept: &Receiver<Job>,
-) -> Result<JoinHandle<()>, Error> {
+) -> Result<(JoinHandle<()>, Arc<Bell>), Error> {
     let ServiceKind::Event(service) = &b.service else {
         // `ServerBuilder::validate` refuses this combination first.
         return Err(Error::Config(
@@ -386,7 +386,7 @@ fn start_event_pool(
         ));
     };
     let limits = b.limits();
-    // Unbounded, so the poller never blocks on a worker; it holds at most
+    // Unbounded, so nobody blocks on a worker; it holds at most
     // the live connections, which --max-connections bounds.
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let (poller, parking) = Poller::new(
@@ -396,6 +396,7 @@ fn start_event_pool(
         limits.idle_timeout,
     )
     .map_err(Error::Spawn)?;
+    let bell = Arc::clone(parking.bell());
     let pool = Arc::new(EventPool::new(
         ctx,
         Arc::clone(service),
@@ -404,19 +405,19 @@ fn start_event_pool(
         ready_rx,
     ));
     for id in 0..b.workers {
-        let local = pool.local(id);
         let pool = Arc::clone(&pool);
         let thread = threads.spawn(
             format!("poolserver-worker-{id}"),
             Some(b.worker_stack_size),
             Holds::Done,
-            move || pool.run(local),
+            move || pool.run(pool.local(id)),
         )?;
         workers.push(Worker::new(id, thread));
     }
-    threads.spawn("poolserver-poller".into(), None, Holds::Done, move || {
+    let timer = threads.spawn("poolserver-poller".into(), None, Holds::Done, move || {
         poller.run()
-    })
+    })?;
+    Ok((timer, bell))
 }
 
 /// Whether a thread holds a clone of the `done` sender while it runs.
