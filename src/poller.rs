@@ -55,7 +55,6 @@
 //!   would cost a slice, not a hang.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -74,6 +73,10 @@ use crate::ratelimit::RateLimit;
 use crate::service::Session;
 use crate::shutdown::{Shutdown, POLL_SLICE};
 use crate::stats::{Counters, GaugeGuard, LiveGuard};
+
+mod table;
+
+use table::{compact, State, Table};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -105,6 +108,13 @@ pub(crate) struct Conn {
     /// Its registration with the poller's epoll, from its first park until
     /// [`Parking::forget`].
     pub(crate) registration: Option<Token>,
+    /// An epoll event said the peer has closed (or the socket failed).
+    /// Until then a short read means the socket is drained and the worker
+    /// parks without reading again (data that comes later raises a new
+    /// edge); after it, the end of the stream may be waiting behind the
+    /// data with no edge left to announce it, so the worker reads until a
+    /// read says so.
+    pub(crate) peer_closed: bool,
 }
 
 impl Conn {
@@ -131,6 +141,7 @@ impl Conn {
             bytes_out: 0,
             held: false,
             registration: None,
+            peer_closed: false,
         }
     }
 }
@@ -202,36 +213,6 @@ pub(crate) fn events() -> Events {
     }; HARVEST]
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    parked: usize,
-    /// Idle deadlines of parks; an entry is acted on only if its
-    /// connection is still parked and really idle that long.
-    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
-}
-
-/// One registration with the poller's epoll: a connection's from its first
-/// park until it is forgotten (closed, or held by a worker).
-#[derive(Debug, Default)]
-struct Slot {
-    generation: u32,
-    state: State,
-}
-
-#[derive(Debug, Default)]
-enum State {
-    #[default]
-    Free,
-    /// Registered; a worker or the ready queue has the connection.
-    /// `pending`: the socket became readable meanwhile (an edge that must
-    /// not be lost: the next park reads again instead of parking).
-    Out { pending: bool },
-    /// Registered and parked here, counted in the `parked` gauge.
-    Parked(Conn, GaugeGuard),
-}
-
 /// What [`Parking::park`] did.
 pub(crate) enum Parked {
     /// The connection waits in the table.
@@ -240,83 +221,6 @@ pub(crate) enum Parked {
     Retry(Conn),
     /// It could not be registered (epoll full): close it.
     Failed(Conn, io::Error),
-}
-
-fn token(slot: u32, generation: u32) -> Token {
-    Token(slot as usize | (generation as usize) << 32)
-}
-
-fn split(token: Token) -> (usize, u32) {
-    ((token.0 & 0xFFFF_FFFF), (token.0 >> 32) as u32)
-}
-
-impl Table {
-    /// The slot of `token`, if the token is not stale.
-    fn slot(&mut self, token: Token) -> Option<&mut Slot> {
-        let (slot, generation) = split(token);
-        self.slots
-            .get_mut(slot)
-            .filter(|s| s.generation == generation)
-    }
-
-    /// Takes the connection parked under `token`, if it is still there.
-    fn take(&mut self, token: Token) -> Option<Conn> {
-        let s = self.slot(token)?;
-        if !matches!(s.state, State::Parked(..)) {
-            return None;
-        }
-        let State::Parked(conn, _gauge) =
-            std::mem::replace(&mut s.state, State::Out { pending: false })
-        else {
-            unreachable!("checked just above");
-        };
-        self.parked -= 1;
-        Some(conn)
-    }
-
-    /// The socket under `token` became readable: its connection if parked,
-    /// else the edge is remembered for the worker that has it.
-    fn on_event(&mut self, token: Token) -> Option<Conn> {
-        let s = self.slot(token)?;
-        match &mut s.state {
-            State::Parked(..) => self.take(token),
-            State::Out { pending } => {
-                *pending = true;
-                None
-            }
-            State::Free => None,
-        }
-    }
-
-    fn allocate(&mut self) -> Token {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let s = &mut self.slots[slot as usize];
-        s.state = State::Out { pending: false };
-        token(slot, s.generation)
-    }
-
-    fn release(&mut self, token: Token) {
-        let (slot, _) = split(token);
-        if let Some(s) = self.slot(token) {
-            s.state = State::Free;
-            s.generation = s.generation.wrapping_add(1);
-            self.free.push(slot as u32);
-        }
-    }
-
-    fn parked_tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s.state, State::Parked(..)))
-            .map(|(i, s)| token(i as u32, s.generation))
-    }
 }
 
 impl Parking {
@@ -350,8 +254,13 @@ impl Parking {
             conn.registration = None;
             return Parked::Retry(conn);
         };
-        if let State::Out { pending: true } = slot.state {
-            slot.state = State::Out { pending: false };
+        if let State::Out {
+            pending: true,
+            peer_closed,
+        } = slot.state
+        {
+            conn.peer_closed |= peer_closed;
+            slot.state = State::out();
             return Parked::Retry(conn);
         }
         let gauge = GaugeGuard::new(&self.counters, Counters::parked);
@@ -439,7 +348,12 @@ impl Parking {
             if token == WAKER {
                 continue;
             }
-            if let Some(conn) = table.on_event(token) {
+            // Copied out: the kernel's struct is packed.
+            let flags = event.flags;
+            let closed = flags.intersects(
+                epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR,
+            );
+            if let Some(conn) = table.on_event(token, closed) {
                 out.push(conn);
             }
         }
@@ -587,97 +501,5 @@ impl Poller {
     }
 }
 
-/// Rebuilds the deadline heap from the table when stale entries (of
-/// connections that were unparked before their deadline) outnumber live
-/// ones: O(parked), at most once per that many parks.
-fn compact(table: &mut Table, idle: Duration) {
-    if table.deadlines.len() <= 2 * table.parked + 1024 {
-        return;
-    }
-    let fresh: BinaryHeap<_> = table
-        .slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let State::Parked(conn, _) = &s.state else {
-                return None;
-            };
-            Some(Reverse((
-                conn.last_data + idle,
-                token(i as u32, s.generation).0,
-            )))
-        })
-        .collect();
-    table.deadlines = fresh;
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
-
-    use crate::service::{EventService, Uppercase};
-
-    /// A parkable connection and its client end, over loopback.
-    fn conn_pair(counters: &Arc<Counters>) -> (Conn, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, peer) = listener.accept().unwrap();
-        stream.set_nonblocking(true).unwrap();
-        let live = LiveGuard::new(counters, peer);
-        let conn = Conn::new(stream, peer, live, Instant::now(), Uppercase.open(peer));
-        (conn, client)
-    }
-
-    /// Waits for the epoll's next event and hands it to the table, as a
-    /// waiting worker does.
-    fn next_event(parking: &Parking) -> Option<Conn> {
-        let mut events = events();
-        let n = parking.epoll_wait(&mut events, Some(Duration::from_secs(20)));
-        assert_eq!(n, 1, "one event");
-        let mut out = Vec::new();
-        parking.take_readable(&events[..n], &mut out);
-        out.pop()
-    }
-
-    #[test]
-    fn an_edge_while_a_worker_has_the_connection_is_not_lost() {
-        let counters = Arc::new(Counters::new(1, 1));
-        let (tx, _rx) = crossbeam_channel::unbounded();
-        let shutdown = Arc::new(Shutdown::new());
-        let (_timer, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
-        let (conn, mut client) = conn_pair(&counters);
-        assert!(matches!(parking.park(conn), Parked::Yes), "first park");
-        assert_eq!(counters.snapshot(0).parked, 1);
-
-        client.write_all(b"a").unwrap();
-        let mut conn = next_event(&parking).expect("the parked connection");
-        assert_eq!(counters.snapshot(0).parked, 0);
-        let mut buf = [0u8; 8];
-        assert_eq!((&conn.stream).read(&mut buf).unwrap(), 1);
-        // More data while the "worker" still has it: the edge is kept...
-        client.write_all(b"b").unwrap();
-        assert!(next_event(&parking).is_none());
-        // ...so parking says read again, and the data is there.
-        conn = match parking.park(conn) {
-            Parked::Retry(conn) => conn,
-            _ => panic!("a pending edge must not be parked over"),
-        };
-        assert_eq!((&conn.stream).read(&mut buf).unwrap(), 1);
-        assert!(matches!(parking.park(conn), Parked::Yes), "parked again");
-        // Still registered: the next byte wakes it without a new epoll_ctl.
-        client.write_all(b"c").unwrap();
-        let mut conn = next_event(&parking).expect("woken");
-        parking.forget(&mut conn);
-        assert!(conn.registration.is_none());
-    }
-
-    #[test]
-    fn tokens_round_trip_and_generations_differ() {
-        let t = token(7, 3);
-        assert_eq!(split(t), (7, 3));
-        assert_ne!(token(7, 4), t);
-        assert_ne!(token(7, u32::MAX), WAKER);
-    }
-}
+mod tests;

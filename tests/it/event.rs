@@ -539,3 +539,72 @@ fn a_trickler_is_cut_by_the_minimum_rate_only_while_others_wait() {
     let s = checked(server.shutdown(Duration::from_secs(5)));
     assert_eq!((s.slow_clients, s.accepted, s.live), (1, 2, 0));
 }
+
+/// One worker, a client streaming as fast as it can and a parked one: the
+/// parked client is answered while the stream flows (the worker finds it
+/// in the epoll when the stream's socket runs dry or at the end of a
+/// slice), and the stream's end — a FIN that arrives right behind its last
+/// data, often with no edge of its own — closes it with every byte
+/// answered.
+#[test]
+fn a_streaming_client_and_a_parked_one_share_one_worker() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let server = event_builder(1).start().unwrap();
+    let addr = server.local_addr();
+    let mut parked = served_client(addr);
+    wait_until("the second client is parked", || server.stats().parked == 1);
+
+    let stream = connect(addr);
+    let (stop, received) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tx = stream.try_clone().unwrap();
+    let writer = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let chunk = [b'a'; 64 * 1024];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                tx.write_all(&chunk).unwrap();
+                sent += chunk.len() as u64;
+            }
+            tx.shutdown(std::net::Shutdown::Write).unwrap();
+            sent
+        })
+    };
+    let mut rx = stream;
+    let reader = {
+        let received = Arc::clone(&received);
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = rx.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                assert!(buf[..n].iter().all(|&b| b == b'A'));
+                received.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_until("the stream is flowing", || {
+        received.load(Ordering::SeqCst) > 4 << 20
+    });
+    // While the stream keeps the only worker busy, the parked client is
+    // answered, and the stream goes on afterwards.
+    round_trip(&mut parked, b"my turn\n", b"MY TURN\n");
+    let after = received.load(Ordering::SeqCst);
+    wait_until("the stream still flows", || {
+        received.load(Ordering::SeqCst) > after + (4 << 20)
+    });
+    stop.store(true, Ordering::SeqCst);
+    let sent = writer.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(received.load(Ordering::SeqCst), sent, "every byte answered");
+    quit(parked);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.accepted, s.closed, s.peak_busy), (2, 2, 1));
+}

@@ -1,0 +1,219 @@
+//! One slice of a connection on an event worker: read, feed the session,
+//! write, again — and why the slice stops (parked, yielded, ended). Also
+//! the two regimes a socket can be read in (non-blocking, or *held*:
+//! blocking with the park grace as its receive timeout) and the writes,
+//! non-blocking first with connection mode's blocking write as fallback.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use log::{debug, info};
+
+use super::{EventPool, Local, Next, SLICE_BYTES, SLICE_READS};
+use crate::access::Ending;
+use crate::connection::{is_timeout, Connection, End, Pressure};
+use crate::poller::{Conn, Why};
+use crate::service::Flow;
+use crate::stats::WorkerIo;
+
+impl EventPool {
+    /// Reads, transforms and writes until the connection parks, yields or
+    /// ends.
+    pub(super) fn slice(&self, local: &mut Local, conn: &mut Conn, why: Why) -> io::Result<Next> {
+        let io = self.counters.worker_io(local.id);
+        match why {
+            Why::Idle => {
+                self.counters.idle_timeout();
+                debug!(
+                    "{}: idle timeout; closing after {:?}",
+                    conn.peer,
+                    conn.accepted_at.elapsed()
+                );
+                return self.end(local, conn, End::Idle, io);
+            }
+            Why::Shutdown => return self.end(local, conn, End::Shutdown, io),
+            Why::Readable | Why::Yield => {}
+        }
+        let (mut reads, mut bytes) = (0u32, 0usize);
+        loop {
+            if self.shutdown.deadline_passed() {
+                return self.end(local, conn, End::Shutdown, io);
+            }
+            let hold = self.may_hold();
+            if hold != conn.held {
+                self.set_held(conn, hold)?;
+            }
+            match (&conn.stream).read(&mut local.bufs.input) {
+                Ok(0) => return self.end(local, conn, End::Eof, io),
+                Ok(n) => {
+                    io.read(n);
+                    conn.bytes_in += n as u64;
+                    conn.window_bytes += n as u64;
+                    conn.last_data = Instant::now();
+                    if self.too_slow(conn) {
+                        self.counters.slow_client();
+                        info!(
+                            "{}: sent below the minimum data rate while others waited; closing",
+                            conn.peer
+                        );
+                        return self.end(local, conn, End::TooSlow, io);
+                    }
+                    let Local {
+                        bufs,
+                        events,
+                        taken,
+                        ..
+                    } = &mut *local;
+                    let out = &mut bufs.output;
+                    out.clear();
+                    out.reserve(self.service.max_output(n));
+                    let flow = conn.session.on_data(&bufs.input[..n], out);
+                    self.write_all(conn, &bufs.output, io)?;
+                    if flow == Flow::Close {
+                        return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
+                    }
+                    reads += 1;
+                    bytes += n;
+                    if reads >= SLICE_READS || bytes >= SLICE_BYTES {
+                        // Readable connections nobody has taken yet are in
+                        // the epoll, not on a queue: looked for without
+                        // waiting, and queued if found.
+                        if self.others_waiting() || self.parking.harvest(events, taken) {
+                            return Ok(Next::Yield);
+                        }
+                        (reads, bytes) = (0, 0);
+                    }
+                    // A short read drained the socket: park without the
+                    // read that would only say so (an edge since then is
+                    // the slot's pending flag, and a first registration
+                    // checks readiness) — unless the peer has closed, when
+                    // the end of the stream may wait behind the data with
+                    // no edge to come (see `Conn::peer_closed`). A held
+                    // socket waits out its grace in the next read instead.
+                    if n < bufs.input.len() && !conn.held && !conn.peer_closed {
+                        return Ok(Next::Park);
+                    }
+                }
+                // Nothing to read (or, held, nothing within the grace).
+                Err(e) if is_timeout(&e) => {
+                    if conn.held || !self.may_hold() {
+                        return Ok(Next::Park);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a worker may keep an idle connection for the grace wait:
+    /// only while nobody waits for a worker and there are no more live
+    /// connections than workers, so holding one costs no other connection
+    /// its turn. With more connections, parking at once leaves the worker
+    /// free for whichever becomes readable next.
+    fn may_hold(&self) -> bool {
+        self.counters.live_now() <= self.counters.workers() as u64 && !self.others_waiting()
+    }
+
+    /// Serves bytes that did not come from a read of this slice.
+    pub(super) fn feed(
+        &self,
+        local: &mut Local,
+        conn: &mut Conn,
+        input: &[u8],
+    ) -> io::Result<Flow> {
+        // Counted as read: they are the client's data (a PROXY header is not).
+        self.counters.worker_io(local.id).read(input.len());
+        conn.bytes_in += input.len() as u64;
+        let out = &mut local.bufs.output;
+        out.clear();
+        out.reserve(self.service.max_output(input.len()));
+        let flow = conn.session.on_data(input, out);
+        self.write_all(conn, out, self.counters.worker_io(local.id))?;
+        Ok(flow)
+    }
+
+    /// Switches the socket between held (blocking, with the grace as its
+    /// receive timeout) and non-blocking. Only on a change of regime, so
+    /// the two or three syscalls are rare in a steady state.
+    fn set_held(&self, conn: &mut Conn, hold: bool) -> io::Result<()> {
+        if hold {
+            // Held: no poller events wanted (each would wake the poller).
+            self.parking.forget(conn);
+            conn.stream.set_read_timeout(Some(self.grace))?;
+        }
+        conn.stream.set_nonblocking(!hold)?;
+        conn.held = hold;
+        Ok(())
+    }
+
+    /// The stream is over: the session answers what it holds, then the
+    /// connection closes.
+    fn end(&self, local: &mut Local, conn: &mut Conn, end: End, io: &WorkerIo) -> io::Result<Next> {
+        local.bufs.output.clear();
+        conn.session.on_end(end, &mut local.bufs.output);
+        self.write_all(conn, &local.bufs.output, io)?;
+        Ok(Next::Close(match end {
+            End::Idle => Ending::Idle,
+            End::TooSlow => Ending::Slow,
+            End::Shutdown => Ending::Shutdown,
+            _ => Ending::Eof,
+        }))
+    }
+
+    /// Connection mode's minimum-rate rule: at the end of each window, a
+    /// connection that sent less than the minimum while others wait is cut.
+    fn too_slow(&self, conn: &mut Conn) -> bool {
+        let Some(rate) = self.limits.min_rate else {
+            return false;
+        };
+        let now = conn.last_data;
+        if now.duration_since(conn.window_start) < rate.window {
+            return false;
+        }
+        let slow = conn.window_bytes < rate.bytes && self.others_waiting();
+        conn.window_start = now;
+        conn.window_bytes = 0;
+        slow
+    }
+
+    /// Writes all of `buf`: non-blocking first; if the client's receive
+    /// window is full, connection mode's blocking write with its write
+    /// timeout and shutdown deadline.
+    fn write_all(&self, conn: &mut Conn, mut buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+        while !buf.is_empty() {
+            match (&conn.stream).write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    io.wrote(n);
+                    conn.bytes_out += n as u64;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.write_blocking(conn, buf, io);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_blocking(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+        conn.stream.set_nonblocking(false)?;
+        let written = Connection::new(
+            &conn.stream,
+            conn.peer,
+            io,
+            &self.shutdown,
+            &self.limits,
+            self,
+        )
+        .and_then(|mut c| c.write_all(buf));
+        // Connection mode's timeouts replaced the grace: start over
+        // non-blocking.
+        conn.stream.set_nonblocking(true)?;
+        conn.held = false;
+        written
+    }
+}
