@@ -156,6 +156,7 @@ impl EventPool {
             events: crate::poller::events(),
             taken: Vec::with_capacity(crate::poller::HARVEST),
             accept_first: false,
+            spent: Spent::default(),
         }
     }
 
@@ -347,7 +348,11 @@ impl EventPool {
     fn serve(&self, local: &mut Local, conn: Conn, why: Why, first: &[u8]) {
         let busy = BusyGuard::new(&self.counters);
         let (mut conn, mut why, mut first) = (conn, why, first);
-        // Loops only when a park finds data arrived since the last read.
+        // Loops only when a park finds data arrived since the last read:
+        // the same slice goes on, its budget not renewed (a stream whose
+        // client never pauses nearly always has such data, and would
+        // otherwise never give way).
+        local.spent = Spent::default();
         while let Some(retry) = self.serve_slice(local, conn, why, first) {
             (conn, why, first) = (retry, Why::Readable, &[]);
         }
@@ -447,4 +452,14 @@ pub(crate) struct Local {
     taken: Vec<Conn>,
     /// Which queue to look at first next time (they take turns).
     accept_first: bool,
+    /// What the current slice has used of its budget.
+    spent: Spent,
+}
+
+/// Reads and bytes of the current slice, against [`SLICE_READS`] and
+/// [`SLICE_BYTES`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Spent {
+    reads: u32,
+    bytes: usize,
 }

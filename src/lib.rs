@@ -17,9 +17,9 @@
 //! byte comes back uppercased until the client closes or sends a line
 //! `exit` or `quit` — then takes the next connection. With
 //! [`Dispatch::Event`] a worker serves a connection only while it has data;
-//! an idle one is parked with a poller thread (epoll) and comes back to a
-//! worker through a ready queue when it is readable, so far more
-//! connections than workers are served.
+//! an idle one is parked in the poller's epoll, where idle workers wait
+//! too, and the first free worker serves it when it is readable, so far
+//! more connections than workers are served.
 //!
 //! Where to look:
 //!
@@ -28,10 +28,11 @@
 //! | settings, defaults, [`start`](ServerBuilder::start) | [`ServerBuilder`] (`config.rs`) |
 //! | starting the threads, stopping | [`Server`] (`server.rs`) |
 //! | the accept loop | `acceptor.rs` |
-//! | the accept queue: `Job`, its turn-away, its length | `queue.rs` |
+//! | the accept queue: `Job`, its turn-away, its length; the bell that wakes event workers | `queue.rs` |
 //! | the worker loop (connection dispatch) | `pool.rs` |
-//! | the worker loop (event dispatch): slices, parking, yielding | `event.rs` |
-//! | where idle connections wait in event dispatch | `poller.rs` |
+//! | the worker loop (event dispatch): queues, then epoll | `event.rs` |
+//! | one slice of a connection: reads, writes, parking, yielding | `event/slice.rs` |
+//! | where idle connections (and idle event workers) wait; deadlines | `poller.rs`, `poller/table.rs` |
 //! | `--max-connections`, the open-files limit | `admission.rs` |
 //! | a connection's reads, writes and timeouts | [`Connection`] (`connection.rs`) |
 //! | the lingering close, the `BUSY` turn-away | `closer.rs` |

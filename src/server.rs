@@ -81,7 +81,8 @@ pub struct Server {
     acceptor_waker: Option<Arc<Waker>>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<Worker>,
-    /// Event dispatch's poller thread.
+    /// Event dispatch's timer thread (idle and shutdown deadlines of
+    /// parked connections).
     poller: Option<JoinHandle<()>>,
     /// Exits once every worker and the acceptor are gone and the last
     /// lingering close is done.

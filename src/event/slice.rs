@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use super::{EventPool, Local, Next, SLICE_BYTES, SLICE_READS};
+use super::{EventPool, Local, Next, Spent, SLICE_BYTES, SLICE_READS};
 use crate::access::Ending;
 use crate::connection::{is_timeout, Connection, End, Pressure};
 use crate::poller::{Conn, Why};
@@ -34,7 +34,6 @@ impl EventPool {
             Why::Shutdown => return self.end(local, conn, End::Shutdown, io),
             Why::Readable | Why::Yield => {}
         }
-        let (mut reads, mut bytes) = (0u32, 0usize);
         loop {
             if self.shutdown.deadline_passed() {
                 return self.end(local, conn, End::Shutdown, io);
@@ -62,6 +61,7 @@ impl EventPool {
                         bufs,
                         events,
                         taken,
+                        spent,
                         ..
                     } = &mut *local;
                     let out = &mut bufs.output;
@@ -72,16 +72,16 @@ impl EventPool {
                     if flow == Flow::Close {
                         return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
                     }
-                    reads += 1;
-                    bytes += n;
-                    if reads >= SLICE_READS || bytes >= SLICE_BYTES {
+                    spent.reads += 1;
+                    spent.bytes += n;
+                    if spent.reads >= SLICE_READS || spent.bytes >= SLICE_BYTES {
                         // Readable connections nobody has taken yet are in
                         // the epoll, not on a queue: looked for without
                         // waiting, and queued if found.
                         if self.others_waiting() || self.parking.harvest(events, taken) {
                             return Ok(Next::Yield);
                         }
-                        (reads, bytes) = (0, 0);
+                        *spent = Spent::default();
                     }
                     // A short read drained the socket: park without the
                     // read that would only say so (an edge since then is
