@@ -77,8 +77,12 @@ impl EventPool {
                     if spent.reads >= SLICE_READS || spent.bytes >= SLICE_BYTES {
                         // Readable connections nobody has taken yet are in
                         // the epoll, not on a queue: looked for without
-                        // waiting, and queued if found.
-                        if self.others_waiting() || self.parking.harvest(events, taken) {
+                        // waiting, and queued (ahead of this one) if found.
+                        // Always, not only when the queues are empty: a
+                        // queue that never empties (streams taking turns)
+                        // would otherwise keep them waiting for good.
+                        let readable = self.parking.harvest(events, taken);
+                        if readable || self.others_waiting() {
                             return Ok(Next::Yield);
                         }
                         *spent = Spent::default();
