@@ -8,7 +8,10 @@
 //! (a slice that yielded, a deadline that passed, readable ones another
 //! worker took from epoll with its own) — and, when both are empty, waits
 //! in the poller's epoll, where a parked connection that becomes readable
-//! wakes it directly (see `poller.rs`). It serves one *slice* at a time,
+//! wakes it directly (see `poller.rs`). Queues that never empty cannot
+//! starve readable connections: every [`LOOK_EVERY`] queued jobs, and at
+//! the end of every slice, a worker looks in the epoll without waiting and
+//! queues what it finds. It serves one *slice* at a time,
 //! holding the busy gauge only then: read, [`Session::on_data`], write,
 //! again, until
 //!
@@ -76,6 +79,10 @@ mod slice;
 /// that becomes ready meanwhile waits little (a worker blocked in a read
 /// does not watch the queues).
 pub(crate) const PARK_GRACE: Duration = Duration::from_millis(2);
+
+/// Queued jobs a worker takes in a row before it looks in the epoll
+/// (without waiting) for readable connections, which queue behind them.
+pub(crate) const LOOK_EVERY: u32 = 8;
 
 /// Reads per slice before a connection gives way to waiting ones.
 pub(crate) const SLICE_READS: u32 = 16;
@@ -157,6 +164,7 @@ impl EventPool {
             taken: Vec::with_capacity(crate::poller::HARVEST),
             accept_first: false,
             spent: Spent::default(),
+            since_epoll: 0,
         }
     }
 
@@ -167,6 +175,7 @@ impl EventPool {
             if self.take_queued(local) {
                 continue;
             }
+            local.since_epoll = 0;
             let mut taken = std::mem::take(&mut local.taken);
             self.parking.wait(
                 &mut local.events,
@@ -200,6 +209,16 @@ impl EventPool {
     /// Serves one job from the ready or the accept queue (taking turns
     /// which is looked at first); false if both were empty.
     fn take_queued(&self, local: &mut Local) -> bool {
+        // Queued jobs come first, so while the queues never empty (a flood
+        // of new connections, streams taking turns) readable connections
+        // would wait in the epoll for good: every few jobs, look there
+        // without waiting and queue what is readable behind them.
+        local.since_epoll += 1;
+        if local.since_epoll >= LOOK_EVERY {
+            local.since_epoll = 0;
+            let Local { events, taken, .. } = local;
+            self.parking.harvest(events, taken);
+        }
         local.accept_first = !local.accept_first;
         if local.accept_first && self.take_accept(local) {
             return true;
@@ -454,6 +473,8 @@ pub(crate) struct Local {
     accept_first: bool,
     /// What the current slice has used of its budget.
     spent: Spent,
+    /// Queued jobs taken since this worker last looked in the epoll.
+    since_epoll: u32,
 }
 
 /// Reads and bytes of the current slice, against [`SLICE_READS`] and
