@@ -30,12 +30,19 @@ fn next_event(parking: &Parking) -> Option<Conn> {
     out.pop()
 }
 
-#[test]
-fn an_edge_while_a_worker_has_the_connection_is_not_lost() {
+/// The workers' handle on a fresh poller (no timer thread runs; the ready
+/// queue's receiving end is dropped, nothing here pushes) and its counters.
+fn parking() -> (Arc<Counters>, Arc<Parking>) {
     let counters = Arc::new(Counters::new(1, 1));
     let (tx, _rx) = crossbeam_channel::unbounded();
     let shutdown = Arc::new(Shutdown::new());
     let (_timer, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
+    (counters, parking)
+}
+
+#[test]
+fn an_edge_while_a_worker_has_the_connection_is_not_lost() {
+    let (counters, parking) = parking();
     let (conn, mut client) = conn_pair(&counters);
     assert!(matches!(parking.park(conn), Parked::Yes), "first park");
     assert_eq!(counters.snapshot(0).parked, 1);
@@ -64,10 +71,7 @@ fn an_edge_while_a_worker_has_the_connection_is_not_lost() {
 
 #[test]
 fn a_close_that_came_with_the_data_is_remembered() {
-    let counters = Arc::new(Counters::new(1, 1));
-    let (tx, _rx) = crossbeam_channel::unbounded();
-    let shutdown = Arc::new(Shutdown::new());
-    let (_timer, parking) = Poller::new(tx, Arc::clone(&counters), shutdown, None).unwrap();
+    let (counters, parking) = parking();
     let (conn, mut client) = conn_pair(&counters);
     assert!(matches!(parking.park(conn), Parked::Yes));
     // Data and FIN before the worker looks: one edge for both.
