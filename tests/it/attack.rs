@@ -579,7 +579,7 @@ fn monitor_reports_hold_the_invariants_under_mixed_load(#[case] mode: Dispatch) 
             "--overflow",
             "reject",
             "--idle-timeout",
-            "300ms",
+            "1s",
             "--monitor-interval",
             "20ms",
             "--monitor-format",
@@ -601,12 +601,14 @@ fn monitor_reports_hold_the_invariants_under_mixed_load(#[case] mode: Dispatch) 
         cmd.stdout(std::process::Stdio::null()).spawn().unwrap()
     };
     // The silent clients connect first, so the mix surely has both paths
-    // the final check looks for: in connection mode they take every worker
-    // and fill the queue (the loads that follow are turned away) until the
-    // idle timeout frees them; in event mode they are parked until it does.
-    // Connected after the loads, on a loaded machine they could all be
-    // turned away or only reach a worker after the loads had ended.
-    let silent: Vec<_> = (0..12)
+    // the final check looks for. In connection mode the first 4 take every
+    // worker, the next 8 fill the queue and the last 4 are turned away at
+    // once — a rejection that does not depend on how fast the loads below
+    // start (an earlier version counted on the loads meeting a full queue,
+    // and on a loaded machine they started after the idle timeout had
+    // emptied it). The idle timeout then frees the silent ones. In event
+    // mode they are all parked until it does.
+    let mut silent: Vec<_> = (0..16)
         .filter_map(|_| TcpStream::connect(server.addr).ok())
         .collect();
     let mut runs = vec![
@@ -619,6 +621,17 @@ fn monitor_reports_hold_the_invariants_under_mixed_load(#[case] mode: Dispatch) 
         // point here is the server's reports.
         let _ = r.wait();
     }
+    // The first silent client holds a worker (or is parked) until the
+    // idle timeout closes it: wait for that end, so an idle timeout has
+    // surely happened even if the loads were quick.
+    let first = &mut silent[0];
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert!(
+        got.is_empty(),
+        "the first silent client was answered {got:?}"
+    );
     drop(silent);
     server.signal("TERM");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
