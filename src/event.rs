@@ -71,7 +71,10 @@ use crate::shutdown::Shutdown;
 use crate::shutdown::POLL_SLICE;
 use crate::stats::{BusyGuard, Counters, LiveGuard};
 
+mod permits;
 mod slice;
+
+use permits::Permits;
 
 /// How long a worker holding a connection (see the module doc) waits for
 /// more data before it parks it. Long enough to cover a ping-pong client's
@@ -111,6 +114,8 @@ pub(crate) struct EventPool {
     accept_closed: AtomicBool,
     /// Set when the pool has finished: every worker exits.
     stopped: AtomicBool,
+    /// No more workers run event work at once than there are CPUs.
+    permits: Permits,
 }
 
 /// What a slice ended with.
@@ -152,6 +157,7 @@ impl EventPool {
             grace: PARK_GRACE,
             accept_closed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            permits: Permits::for_this_machine(ctx.counters.workers()),
         }
     }
 
@@ -171,7 +177,9 @@ impl EventPool {
     /// The worker loop: queued work first, else wait in the epoll.
     pub(crate) fn run(&self, mut local: Local) {
         let local = &mut local;
+        self.permits.acquire(&self.stopped);
         while !self.stopped.load(Ordering::SeqCst) {
+            self.permits.rebalance(&self.stopped);
             if self.take_queued(local) {
                 continue;
             }
@@ -199,6 +207,7 @@ impl EventPool {
             }
         }
         // Wake the next worker, which wakes the next.
+        self.permits.release();
         self.parking.bell().ring_anyway();
         debug!(
             "event worker {} exiting: every connection is closed",
@@ -285,6 +294,7 @@ impl EventPool {
             && !self.stopped.swap(true, Ordering::SeqCst)
         {
             self.parking.stop();
+            self.permits.wake_all();
             self.parking.bell().ring_anyway();
             debug!("event dispatch finished: the acceptor is gone, every connection closed");
         }
@@ -313,7 +323,7 @@ impl EventPool {
         let reading = BusyGuard::new(&self.counters);
         let (peer, leftover) = match &self.gate {
             None => (peer, Vec::new()),
-            Some(gate) => match gate.admit(&stream, peer) {
+            Some(gate) => match self.permits.blocking(|| gate.admit(&stream, peer)) {
                 Ok(admitted) => {
                     if let Some(access) = live.access() {
                         access.proxied(admitted.client);

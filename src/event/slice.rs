@@ -42,7 +42,14 @@ impl EventPool {
             if hold != conn.held {
                 self.set_held(conn, hold)?;
             }
-            match (&conn.stream).read(&mut local.bufs.input) {
+            let input = &mut local.bufs.input;
+            let read = if conn.held {
+                // Blocks up to the grace: another worker runs meanwhile.
+                self.permits.blocking(|| (&conn.stream).read(input))
+            } else {
+                (&conn.stream).read(input)
+            };
+            match read {
                 Ok(0) => return self.end(local, conn, End::Eof, io),
                 Ok(n) => {
                     io.read(n);
@@ -205,15 +212,18 @@ impl EventPool {
 
     fn write_blocking(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
         conn.stream.set_nonblocking(false)?;
-        let written = Connection::new(
-            &conn.stream,
-            conn.peer,
-            io,
-            &self.shutdown,
-            &self.limits,
-            self,
-        )
-        .and_then(|mut c| c.write_all(buf));
+        // Blocks up to the write timeout: another worker runs meanwhile.
+        let written = self.permits.blocking(|| {
+            Connection::new(
+                &conn.stream,
+                conn.peer,
+                io,
+                &self.shutdown,
+                &self.limits,
+                self,
+            )
+            .and_then(|mut c| c.write_all(buf))
+        });
         // Connection mode's timeouts replaced the grace: start over
         // non-blocking.
         conn.stream.set_nonblocking(true)?;
