@@ -257,6 +257,59 @@ fn a_client_that_never_reads_is_cut_by_the_write_timeout_while_others_go_on() {
     assert_eq!((s.write_timeouts, s.accepted, s.live), (1, 2, 0));
 }
 
+/// Event dispatch runs no more workers at once than there are CPUs; a
+/// worker blocked on one connection (here, writing to clients that never
+/// read) gives its turn to another. With a worker more than CPUs, and every
+/// CPU's worker blocked, the spare one still serves another client —
+/// without the hand-over it would wait for the 60 s write timeout.
+#[test]
+fn workers_blocked_on_slow_clients_do_not_keep_the_others_from_running() {
+    let cpus = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    let server = event_builder(cpus + 1)
+        .write_timeout(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let stuck: Vec<_> = (0..cpus)
+        .map(|_| {
+            let c = connect(addr);
+            let mut w = c.try_clone().unwrap();
+            // Bounded: at most 1 GiB, far more than socket buffers hold;
+            // ends when the test drops the connection.
+            let writer = thread::spawn(move || {
+                let chunk = vec![b'w'; 64 * 1024];
+                for _ in 0..16 * 1024 {
+                    if w.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+            (c, writer)
+        })
+        .collect();
+    wait_until(
+        "every CPU's worker is busy with a client that never reads",
+        || server.stats().busy == cpus,
+    );
+    let mut other = served_client(addr);
+    for _ in 0..20 {
+        round_trip(&mut other, b"go on\n", b"GO ON\n");
+    }
+    quit(other);
+    for (c, writer) in stuck {
+        c.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(c);
+        writer.join().unwrap();
+    }
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!(
+        (s.write_timeouts, s.accepted, s.live),
+        (0, cpus as u64 + 1, 0)
+    );
+}
+
 /// An event service that panics when a message starts with `panic`.
 #[derive(Debug)]
 struct Fragile;
