@@ -40,6 +40,12 @@
 //! that connection until the write completes or times out, as in httpd's
 //! event MPM. Parking for writability is left for later.
 //!
+//! No more workers run at once than there are CPUs (`permits.rs`): a
+//! worker takes a permit before it looks for work and gives it back while
+//! it blocks on one connection (a held read, a blocking write, a PROXY
+//! header), so the other workers are there for those calls and the
+//! running ones do not preempt each other half-way through replies.
+//!
 //! A panic in the service is caught per slice: that connection is closed,
 //! the panic counted, the worker goes on.
 //!
@@ -278,6 +284,12 @@ impl EventPool {
         }
     }
 
+    /// Runs `f`, which may block on one connection, without a permit (see
+    /// `permits.rs`).
+    fn blocking<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.permits.blocking(!self.parking.bell().sleepers(), f)
+    }
+
     /// Whether both queues are empty (a closed, empty accept queue counts
     /// as empty).
     fn nothing_queued(&self) -> bool {
@@ -323,7 +335,7 @@ impl EventPool {
         let reading = BusyGuard::new(&self.counters);
         let (peer, leftover) = match &self.gate {
             None => (peer, Vec::new()),
-            Some(gate) => match self.permits.blocking(|| gate.admit(&stream, peer)) {
+            Some(gate) => match self.blocking(|| gate.admit(&stream, peer)) {
                 Ok(admitted) => {
                     if let Some(access) = live.access() {
                         access.proxied(admitted.client);

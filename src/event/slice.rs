@@ -45,7 +45,7 @@ impl EventPool {
             let input = &mut local.bufs.input;
             let read = if conn.held {
                 // Blocks up to the grace: another worker runs meanwhile.
-                self.permits.blocking(|| (&conn.stream).read(input))
+                self.blocking(|| (&conn.stream).read(input))
             } else {
                 (&conn.stream).read(input)
             };
@@ -213,7 +213,7 @@ impl EventPool {
     fn write_blocking(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
         conn.stream.set_nonblocking(false)?;
         // Blocks up to the write timeout: another worker runs meanwhile.
-        let written = self.permits.blocking(|| {
+        let written = self.blocking(|| {
             Connection::new(
                 &conn.stream,
                 conn.peer,

@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use poolserver::{Dispatch, MonitorFormat, Overflow, Server, Stats};
+use rstest::rstest;
 
 use crate::support::{self, connect, served_client, wait_until, ServerProcess, PATIENCE};
 
@@ -22,7 +23,11 @@ use crate::support::{self, connect, served_client, wait_until, ServerProcess, PA
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn metrics_server(workers: usize) -> Server {
-    support::builder()
+    metrics_server_in(Dispatch::Connection, workers)
+}
+
+fn metrics_server_in(mode: Dispatch, workers: usize) -> Server {
+    support::builder_in(mode)
         .workers(workers)
         .metrics_addr("127.0.0.1:0")
         .start()
@@ -444,12 +449,16 @@ fn tool(name: &str) -> Option<PathBuf> {
     }
 }
 
-#[test]
-fn promtool_accepts_the_exposition() {
+/// In both modes: event dispatch adds its gauges and the ready-wait
+/// histogram, which promtool checks too.
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn promtool_accepts_the_exposition(#[case] mode: Dispatch) {
     let Some(promtool) = tool("promtool") else {
         return;
     };
-    let server = metrics_server(2);
+    let server = metrics_server_in(mode, 2);
     // Some traffic, so every series has a non-zero value to check.
     for _ in 0..3 {
         let mut c = served_client(server.local_addr());
@@ -458,13 +467,20 @@ fn promtool_accepts_the_exposition() {
     }
     wait_until("served", || server.stats().closed == 3);
     let exposition = get_metrics(server.metrics_addr().unwrap());
+    assert_eq!(
+        exposition.contains("poolserver_connections_parked "),
+        mode == Dispatch::Event,
+        "{exposition}"
+    );
     promtool_check(&promtool, &exposition);
     server.shutdown(Duration::from_secs(5));
 }
 
-#[test]
-fn bad_requests_get_a_4xx_and_never_reach_the_pool() {
-    let server = metrics_server(1);
+#[rstest]
+#[case::connection(Dispatch::Connection)]
+#[case::event(Dispatch::Event)]
+fn bad_requests_get_a_4xx_and_never_reach_the_pool(#[case] mode: Dispatch) {
+    let server = metrics_server_in(mode, 1);
     let maddr = server.metrics_addr().unwrap();
     let oversized = [
         b"GET /metrics HTTP/1.1\r\nX-Filler: ".as_slice(),
