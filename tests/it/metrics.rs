@@ -314,7 +314,7 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
         .workers(1)
         .backlog(1)
         .overflow(Overflow::Reject)
-        .idle_timeout(Duration::from_millis(200))
+        .idle_timeout(Duration::from_secs(1))
         .monitor_interval(Duration::from_millis(50))
         .monitor_format(MonitorFormat::Json)
         .monitor_output(sink.clone())
@@ -324,6 +324,10 @@ fn at_rest_the_metrics_equal_stats_and_the_monitor() {
     let addr = server.local_addr();
     // One served (then idle), one queued (then served and idle), one
     // turned away: every kind of ending the test can cause on purpose.
+    // The idle timeout is long enough that the first client still holds
+    // the worker when the third connects on a slow machine (with 200 ms, a
+    // stall that long would let the queued one reach the worker, and the
+    // third would be queued instead of turned away).
     let _held = served_client(addr);
     let _queued = connect(addr);
     wait_until("one queued", || server.stats().queued == 1);
