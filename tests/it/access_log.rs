@@ -63,7 +63,7 @@ fn each_connection_gets_one_line_with_the_true_client_bytes_and_end(#[case] mode
             "--workers",
             "2",
             "--idle-timeout",
-            "300ms",
+            "2s",
             "--log-level",
             "warn",
         ],

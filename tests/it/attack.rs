@@ -335,7 +335,10 @@ fn vanishing_clients_return_their_workers_and_balance_the_counters(#[case] mode:
     // Both workers still serve.
     let a = served_client(addr);
     let b = served_client(addr);
-    assert_eq!(server.stats().busy, 2);
+    if mode == Dispatch::Connection {
+        // Event dispatch parks them within milliseconds of their replies.
+        assert_eq!(server.stats().busy, 2);
+    }
     drop((a, b));
     let s = server.shutdown(Duration::from_secs(5));
     assert_eq!((s.accepted, s.closed, s.live, s.busy), (5, 5, 0, 0));

@@ -165,7 +165,11 @@ fn a_parked_connection_times_out_idle_and_its_held_exi_comes_back() {
         .unwrap();
     let mut c = connect(server.local_addr());
     round_trip(&mut c, b"hi\nexi", b"HI\n");
-    wait_until("parked", || server.stats().parked == 1);
+    // Parked (or, on a machine stalled past the timeout, already cut).
+    wait_until("parked", || {
+        let s = server.stats();
+        s.parked == 1 || s.idle_timeouts == 1
+    });
     let start = Instant::now();
     assert_eq!(read_to_close(&mut c), b"EXI");
     assert!(start.elapsed() < Duration::from_secs(5));
@@ -463,7 +467,7 @@ fn event_dispatch_reads_proxy_headers_and_writes_access_lines() {
         "--workers",
         "1",
         "--idle-timeout",
-        "300ms",
+        "2s",
         "--log-level",
         "warn",
     ]);

@@ -358,7 +358,8 @@ fn deadline_cuts_a_run_that_cannot_finish() {
     let addr = server.local_addr();
     let _held = support::served_client(addr);
     // A count-bound run never ends on its own while the worker is held.
-    let out = poolload(addr, &["-c", "1", "-n", "5", "--deadline", "400ms"]);
+    // Long enough that poolload surely connects (and is queued) before it.
+    let out = poolload(addr, &["-c", "1", "-n", "5", "--deadline", "2s"]);
     let r = report(&out);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(r["cut_by_deadline"], true, "{r}");
@@ -379,12 +380,25 @@ fn busy_rejection_is_reported_as_rejected() {
     let _held = support::served_client(addr);
     let _queued = support::connect(addr);
     support::wait_until("the queue is full", || server.stats().queued == 1);
-    let out = poolload(addr, &["-c", "1", "-d", "300ms"]);
+    // Count-bound, not timed: the connection is surely made and told BUSY
+    // (a 300 ms run on a stalled machine could end before it connects).
+    let out = poolload(addr, &["-c", "1", "-n", "1", "--deadline", "20s"]);
     let r = report(&out);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(num(&r, "rejected"), 1, "{r}");
     assert_eq!((num(&r, "wrong_replies"), num(&r, "errors")), (0, 0), "{r}");
-    let out = poolload(addr, &["-c", "1", "-d", "300ms", "--fail-on-unserved"]);
+    let out = poolload(
+        addr,
+        &[
+            "-c",
+            "1",
+            "-n",
+            "1",
+            "--deadline",
+            "20s",
+            "--fail-on-unserved",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 

@@ -170,16 +170,12 @@ fn idle_timeout_frees_the_worker_for_the_next_client(#[case] mode: Dispatch) {
     assert_eq!(read_to_close(&mut idle), b"");
     let s = server.stats();
     assert_eq!(support::read_n(&mut next, 5), b"NEXT\n");
-    match mode {
-        // `next` waited in the queue: its idle timer starts only once the
-        // worker idle freed takes it, a whole timeout after this snapshot.
-        Dispatch::Connection => assert_eq!(s.idle_timeouts, 1),
-        // Event dispatch serves `next` at once (nothing waits), so its idle
-        // timer started a few milliseconds after idle's and may run out
-        // before the snapshot on a loaded machine (seen once). Idle's own
-        // cut is always in it.
-        Dispatch::Event => assert!((1..=2).contains(&s.idle_timeouts), "{s:?}"),
-    }
+    // Idle's own cut is always in the snapshot. `next`'s may be too: in
+    // event dispatch its timer started a few milliseconds after idle's
+    // (seen once on a loaded machine); in connection mode when the worker
+    // took it, which is a whole timeout before the snapshot only if this
+    // thread stalled that long after reading idle's close.
+    assert!((1..=2).contains(&s.idle_timeouts), "{s:?}");
     quit(next);
 }
 

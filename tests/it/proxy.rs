@@ -241,8 +241,10 @@ fn a_silent_client_is_closed_at_the_proxy_timeout_and_frees_its_worker(#[case] m
         .unwrap();
     let addr = server.local_addr();
     let mut silent = connect(addr);
+    // (Or, on a machine stalled past the proxy timeout, it is already cut.)
     wait_until("the silent client holds the only worker", || {
-        server.stats().busy == 1
+        let s = server.stats();
+        s.busy == 1 || s.proxy_refused == 1
     });
     // Half a header, then nothing.
     silent.write_all(&v2("127.0.0.2:1")[..10]).unwrap();
