@@ -292,27 +292,14 @@ fn the_log_file_gets_the_log_too(#[case] mode: Dispatch) {
 #[case::connection(Dispatch::Connection)]
 #[case::event(Dispatch::Event)]
 fn saturation_is_warned_once_per_episode_and_its_end_is_logged(#[case] mode: Dispatch) {
-    let mut server = ServerProcess::start_in(
-        mode,
-        &[
-            "--workers",
-            "1",
-            "--monitor-interval",
-            "0",
-            "--write-timeout",
-            "60s",
-        ],
-    );
-    // Sends without reading, so the only worker is busy writing to it in
-    // both modes (a ping-pong holder is parked by event dispatch within
-    // milliseconds, and the waiting clients could find the worker free).
-    let holder = crate::support::NeverReads::start(server.addr);
+    let mut server = ServerProcess::start_in(mode, &["--workers", "1", "--monitor-interval", "0"]);
+    let holder = served_client(server.addr);
     let mut waiting: Vec<_> = (0..3).map(|_| connect(server.addr)).collect();
     for w in &mut waiting {
         w.write_all(b"w\n").unwrap();
     }
     server.wait_for_line(|l| l.contains("all 1 workers are busy"));
-    holder.stop();
+    drop(holder);
     for mut w in waiting {
         w.write_all(b"quit\n").unwrap();
         assert_eq!(read_to_close(&mut w), b"W\n");

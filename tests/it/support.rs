@@ -316,38 +316,3 @@ pub fn send_signal(pid: u32, name: &str) {
         .success();
     assert!(ok, "kill -{name} {pid} failed");
 }
-
-/// A client that sends without ever reading, so the worker serving it ends
-/// up blocked writing the replies (until `--write-timeout`, or [`stop`]).
-///
-/// [`stop`]: NeverReads::stop
-pub struct NeverReads {
-    stream: TcpStream,
-    writer: std::thread::JoinHandle<()>,
-}
-
-impl NeverReads {
-    pub fn start(addr: SocketAddr) -> NeverReads {
-        let stream = connect(addr);
-        let mut w = stream.try_clone().expect("clone");
-        // Bounded: at most 1 GiB, far more than socket buffers hold; ends
-        // when `stop` shuts the socket down.
-        let writer = std::thread::spawn(move || {
-            let chunk = vec![b'w'; 64 * 1024];
-            for _ in 0..16 * 1024 {
-                if w.write_all(&chunk).is_err() {
-                    return;
-                }
-            }
-        });
-        NeverReads { stream, writer }
-    }
-
-    /// Shuts the connection down (the server's write fails, its worker is
-    /// free) and waits for the writer.
-    pub fn stop(self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        drop(self.stream);
-        self.writer.join().expect("writer");
-    }
-}
