@@ -234,17 +234,7 @@ fn a_client_that_never_reads_is_cut_by_the_write_timeout_while_others_go_on() {
         .unwrap();
     let addr = server.local_addr();
     let c = connect(addr);
-    let mut w = c.try_clone().unwrap();
-    // Bounded: at most 1 GiB, far more than socket buffers hold.
-    let writer = thread::spawn(move || {
-        let chunk = vec![b'w'; 64 * 1024];
-        for _ in 0..16 * 1024 {
-            if w.write_all(&chunk).is_err() {
-                return true;
-            }
-        }
-        false
-    });
+    let writer = support::never_reading_writer(&c);
     // Others are served while the stuck write waits out its timeout.
     let mut other = served_client(addr);
     for _ in 0..20 {
@@ -279,17 +269,8 @@ fn workers_blocked_on_slow_clients_do_not_keep_the_others_from_running() {
     let stuck: Vec<_> = (0..cpus)
         .map(|_| {
             let c = connect(addr);
-            let mut w = c.try_clone().unwrap();
-            // Bounded: at most 1 GiB, far more than socket buffers hold;
-            // ends when the test drops the connection.
-            let writer = thread::spawn(move || {
-                let chunk = vec![b'w'; 64 * 1024];
-                for _ in 0..16 * 1024 {
-                    if w.write_all(&chunk).is_err() {
-                        return;
-                    }
-                }
-            });
+            // Ends when the test shuts the connection down.
+            let writer = support::never_reading_writer(&c);
             (c, writer)
         })
         .collect();

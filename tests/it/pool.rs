@@ -190,18 +190,8 @@ fn a_client_that_never_reads_is_cut_off_by_the_write_timeout(#[case] mode: Dispa
         .unwrap();
     let addr = server.local_addr();
     let c = connect(addr);
-    // Send without ever reading, until the server gives up on us. Bounded:
-    // at most 1 GiB, far more than socket buffers can hold.
-    let mut w = c.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        let chunk = vec![b'w'; 64 * 1024];
-        for _ in 0..16 * 1024 {
-            if w.write_all(&chunk).is_err() {
-                return true;
-            }
-        }
-        false
-    });
+    // Send without ever reading, until the server gives up on us.
+    let writer = support::never_reading_writer(&c);
     wait_until("the write timeout fires", || {
         server.stats().write_timeouts == 1
     });

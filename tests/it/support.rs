@@ -316,3 +316,20 @@ pub fn send_signal(pid: u32, name: &str) {
         .success();
     assert!(ok, "kill -{name} {pid} failed");
 }
+
+/// Sends on a clone of `c` without ever reading, so the server's replies
+/// back up until its writes block. Bounded: at most 1 GiB, far more than
+/// socket buffers hold. The thread returns true once a write fails (the
+/// server closed, or the test shut `c` down), false if all of it went out.
+pub fn never_reading_writer(c: &TcpStream) -> thread::JoinHandle<bool> {
+    let mut w = c.try_clone().expect("clone");
+    thread::spawn(move || {
+        let chunk = vec![b'w'; 64 * 1024];
+        for _ in 0..16 * 1024 {
+            if w.write_all(&chunk).is_err() {
+                return true;
+            }
+        }
+        false
+    })
+}
