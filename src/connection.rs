@@ -373,10 +373,7 @@ impl<'a> Connection<'a> {
                     }
                     if let Some(limit) = self.limits.write_timeout {
                         if since.elapsed() >= limit {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                WriteStalled(limit),
-                            ));
+                            return Err(write_stalled(limit));
                         }
                     }
                 }
@@ -425,6 +422,11 @@ impl std::fmt::Display for WriteStalled {
 }
 
 impl std::error::Error for WriteStalled {}
+
+/// The error of a write whose client read nothing for `limit`.
+pub(crate) fn write_stalled(limit: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, WriteStalled(limit))
+}
 
 /// True for an `io::Error` caused by a client that stopped reading.
 pub(crate) fn is_write_stall(e: &io::Error) -> bool {

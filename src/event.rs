@@ -34,16 +34,18 @@
 //!   the poller reported, the minimum rate): [`Session::on_end`] answers
 //!   what is held, and the closer does the lingering close.
 //!
-//! Writes are non-blocking first; a client that does not read fast enough
-//! gets connection mode's blocking write (the socket is switched to
-//! blocking for it) with the write-timeout slices, so the worker stays with
-//! that connection until the write completes or times out, as in httpd's
-//! event MPM. Parking for writability is left for later.
+//! Writes are non-blocking. When the client's socket takes only part of a
+//! reply, the rest stays with the connection ([`Conn::unsent`]) and it
+//! parks waiting for room to write, reading nothing meanwhile; the poller's
+//! timer enforces the write timeout. Only the reply that ends a connection
+//! (`exit`, an idle timeout, shutdown) gets connection mode's blocking
+//! write with the write-timeout slices (the socket is switched to blocking
+//! for it): nothing is left to park for after it.
 //!
 //! No more workers run at once than there are CPUs (`permits.rs`): a
 //! worker takes a permit before it looks for work and gives it back while
-//! it blocks on one connection (a held read, a blocking write, a PROXY
-//! header), so the other workers are there for those calls and the
+//! it blocks on one connection (a held read, a closing reply's blocking
+//! write, a PROXY header), so the other workers are there for those calls and the
 //! running ones do not preempt each other half-way through replies.
 //!
 //! A panic in the service is caught per slice: that connection is closed,

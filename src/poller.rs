@@ -1,6 +1,7 @@
 //! Event dispatch's poller: where idle connections wait without a worker.
 //!
-//! A worker whose connection has nothing to read *parks* it here: the
+//! A worker whose connection has nothing to read (or a reply its client's
+//! socket has no room for: see [`Conn::unsent`]) *parks* it here: the
 //! connection goes into its slot of the parked table, and its socket stays
 //! registered with one epoll instance. Idle workers themselves wait in
 //! that epoll ([`Parking::wait`]); when a parked socket becomes readable,
@@ -41,8 +42,13 @@
 //! * **Generations.** A token is `slot | generation << 32`; every new
 //!   registration gets a new generation, so an event fetched in the same
 //!   batch as a deregistration is recognised as stale and ignored.
-//! * **Idle deadlines** sit in a binary heap with lazy deletion (an entry
-//!   acts only if its connection is parked and really silent that long;
+//! * **Waiting to write** is the same park with the registration switched
+//!   from readable to writable (`EPOLL_CTL_MOD`, which checks readiness,
+//!   so neither edge is lost), and back on the next park after the rest is
+//!   out: two `epoll_ctl` calls per stall, none per round trip.
+//! * **Idle and write deadlines** sit in a binary heap with lazy deletion
+//!   (an entry acts only if its connection is parked and its timer really
+//!   has fired: silent that long, or no byte taken that long;
 //!   the others are skipped when they come up); the heap is
 //!   rebuilt from the table when stale entries outnumber live ones, so a
 //!   busy server's parks cannot grow it without bound.
@@ -108,6 +114,13 @@ pub(crate) struct Conn {
     /// Its registration with the poller's epoll, from its first park until
     /// [`Parking::forget`].
     pub(crate) registration: Option<Token>,
+    /// That registration asks for room to write, not for data to read.
+    watches_writes: bool,
+    /// The rest of a reply the client's socket would not take yet (it
+    /// does not read): the connection parks until there is room for it,
+    /// and reads nothing meanwhile. Boxed: rare, and the parked table
+    /// keeps every other connection small.
+    pub(crate) unsent: Option<Box<Unsent>>,
     /// An epoll event said the peer has closed (or the socket failed).
     /// Until then a short read means the socket is drained and the worker
     /// parks without reading again (data that comes later raises a new
@@ -141,9 +154,48 @@ impl Conn {
             bytes_out: 0,
             held: false,
             registration: None,
+            watches_writes: false,
+            unsent: None,
             peer_closed: false,
         }
     }
+
+    /// Whether it waits for room to write its `unsent` bytes.
+    pub(crate) fn waits_to_write(&self) -> bool {
+        self.unsent.is_some()
+    }
+
+    /// When its timer fires while parked, and why: a write stalled for the
+    /// write timeout, or silence for the idle timeout.
+    fn due(&self, timeouts: &Timeouts) -> Option<(Instant, Why)> {
+        if let Some(unsent) = &self.unsent {
+            timeouts
+                .write
+                .map(|t| (unsent.since + t, Why::WriteStalled))
+        } else {
+            timeouts.idle.map(|t| (self.last_data + t, Why::Idle))
+        }
+    }
+}
+
+/// Reply bytes waiting for the client to read (see [`Conn::unsent`]).
+#[derive(Debug)]
+pub(crate) struct Unsent {
+    pub(crate) bytes: Vec<u8>,
+    /// When the client last took reply bytes, or the write first stalled:
+    /// the write timeout runs from here.
+    pub(crate) since: Instant,
+}
+
+/// The timeouts the timer enforces on parked connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timeouts {
+    /// A connection parked to read that got nothing this long is closed
+    /// (`--idle-timeout`).
+    pub(crate) idle: Option<Duration>,
+    /// A connection parked to write whose client took nothing this long is
+    /// closed (`--write-timeout`).
+    pub(crate) write: Option<Duration>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -164,6 +216,8 @@ pub(crate) enum Why {
     Yield,
     /// It sent nothing for the idle timeout while parked.
     Idle,
+    /// Its client read none of its unsent reply for the write timeout.
+    WriteStalled,
     /// The shutdown deadline passed while it was parked.
     Shutdown,
 }
@@ -189,7 +243,7 @@ pub(crate) struct Parking {
     table: Mutex<Table>,
     ready: Sender<Ready>,
     counters: Arc<Counters>,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
     /// Wakes a worker waiting in the epoll (its eventfd is registered there).
     bell: Arc<Bell>,
     /// Dropped when the pool has finished: the timer exits.
@@ -224,27 +278,47 @@ pub(crate) enum Parked {
 }
 
 impl Parking {
-    /// Parks `conn` until its socket is readable (or a deadline passes).
-    /// The first park registers the socket; it stays registered while the
-    /// connection moves between workers and this table, so a round trip
-    /// costs no `epoll_ctl` (research approach C: an edge that comes while
-    /// a worker has the connection is kept as `pending`).
+    /// Parks `conn` until its socket is readable — or, if it has unsent
+    /// reply bytes, until the socket has room for them — or a deadline
+    /// passes. The first park registers the socket; it stays registered
+    /// while the connection moves between workers and this table, so a
+    /// round trip costs no `epoll_ctl` (research approach C: an edge that
+    /// comes while a worker has the connection is kept as `pending`). Only
+    /// a change between reading and writing modifies the registration.
     pub(crate) fn park(&self, mut conn: Conn) -> Parked {
-        let deadline = self.idle_timeout.map(|t| conn.last_data + t);
+        let deadline = conn.due(&self.timeouts).map(|(at, _)| at);
+        let writes = conn.waits_to_write();
+        let interest = if writes {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let fd = conn.stream.as_raw_fd();
         let mut table = self.table.lock();
         let token = match conn.registration {
-            Some(token) => token,
+            Some(token) => {
+                if writes != conn.watches_writes {
+                    // Under the lock, like a registration: an event the
+                    // change raises at once (EPOLL_CTL_MOD checks
+                    // readiness) finds the connection parked.
+                    if let Err(e) = self
+                        .registry
+                        .reregister(&mut SourceFd(&fd), token, interest)
+                    {
+                        return Parked::Failed(conn, e);
+                    }
+                    conn.watches_writes = writes;
+                }
+                token
+            }
             None => {
                 let token = table.allocate();
-                let fd = conn.stream.as_raw_fd();
-                if let Err(e) =
-                    self.registry
-                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
-                {
+                if let Err(e) = self.registry.register(&mut SourceFd(&fd), token, interest) {
                     table.release(token);
                     return Parked::Failed(conn, e);
                 }
                 conn.registration = Some(token);
+                conn.watches_writes = writes;
                 token
             }
         };
@@ -275,6 +349,7 @@ impl Parking {
     /// Takes the connection out of the poller's epoll for good: before it
     /// is closed, or while a worker holds it (no events wanted then).
     pub(crate) fn forget(&self, conn: &mut Conn) {
+        conn.watches_writes = false;
         if let Some(token) = conn.registration.take() {
             // By descriptor: the socket is still open (the caller owns
             // it), so this cannot hit a reused descriptor.
@@ -404,7 +479,7 @@ impl Poller {
         ready: Sender<Ready>,
         counters: Arc<Counters>,
         shutdown: Arc<Shutdown>,
-        idle_timeout: Option<Duration>,
+        timeouts: Timeouts,
     ) -> io::Result<(Poller, Arc<Parking>)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -417,7 +492,7 @@ impl Poller {
             table: Mutex::new(Table::default()),
             ready,
             counters,
-            idle_timeout,
+            timeouts,
             bell: Arc::new(Bell::new(waker)),
             stop: Mutex::new(Some(stop_tx)),
             wait_errors: Mutex::new(RateLimit::new(Duration::from_secs(1))),
@@ -446,7 +521,7 @@ impl Poller {
             if let Err(RecvTimeoutError::Disconnected) = self.stop.recv_timeout(timeout) {
                 break;
             }
-            self.expire_idle(&p);
+            self.expire(&p);
             if self.shutdown.deadline_passed() {
                 // Every parked connection gets its held bytes and a
                 // lingering close from a worker; one parked after this
@@ -464,17 +539,20 @@ impl Poller {
         debug!("poller timer exiting: every connection has been closed");
     }
 
-    /// Pushes every connection whose idle deadline has passed.
-    fn expire_idle(&self, p: &Parking) {
-        let Some(idle) = p.idle_timeout else { return };
+    /// Pushes every parked connection whose timer has fired: idle, or a
+    /// write stalled.
+    fn expire(&self, p: &Parking) {
+        if p.timeouts.idle.is_none() && p.timeouts.write.is_none() {
+            return;
+        }
         let now = Instant::now();
         loop {
-            let conn = {
+            let due = {
                 let mut table = p.table.lock();
                 match table.deadlines.peek() {
                     Some(Reverse((at, _))) if *at <= now => {}
                     _ => {
-                        compact(&mut table, idle);
+                        compact(&mut table, &p.timeouts);
                         return;
                     }
                 }
@@ -483,19 +561,18 @@ impl Poller {
                 };
                 // Registrations outlive parks, so the entry may be an
                 // earlier park's: act only if the connection is parked and
-                // really silent that long.
+                // its timer really has fired.
                 let token = Token(t);
-                let idle_now = table.slot(token).is_some_and(
-                    |s| matches!(&s.state, State::Parked(conn, _) if conn.last_data + idle <= now),
-                );
-                if idle_now {
-                    table.take(token)
-                } else {
-                    None
-                }
+                let why = table.slot(token).and_then(|s| match &s.state {
+                    State::Parked(conn, _) => conn
+                        .due(&p.timeouts)
+                        .and_then(|(at, why)| (at <= now).then_some(why)),
+                    _ => None,
+                });
+                why.and_then(|why| table.take(token).map(|conn| (conn, why)))
             };
-            if let Some(conn) = conn {
-                p.push(conn, Why::Idle);
+            if let Some((conn, why)) = due {
+                p.push(conn, why);
             }
         }
     }

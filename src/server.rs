@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::event::EventPool;
 use crate::metrics::{http::Endpoint, Exporter};
 use crate::monitor::Monitor;
-use crate::poller::Poller;
+use crate::poller::{Poller, Timeouts};
 use crate::pool::{PoolContext, Worker};
 use crate::proxy::Gate;
 use crate::queue::Job;
@@ -394,7 +394,10 @@ fn start_event_pool(
         ready_tx,
         Arc::clone(&ctx.counters),
         Arc::clone(&ctx.shutdown),
-        limits.idle_timeout,
+        Timeouts {
+            idle: limits.idle_timeout,
+            write: limits.write_timeout,
+        },
     )
     .map_err(Error::Spawn)?;
     let bell = Arc::clone(parking.bell());

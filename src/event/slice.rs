@@ -1,8 +1,9 @@
 //! One slice of a connection on an event worker: read, feed the session,
 //! write, again — and why the slice stops (parked, yielded, ended). Also
 //! the two regimes a socket can be read in (non-blocking, or *held*:
-//! blocking with the park grace as its receive timeout) and the writes,
-//! non-blocking first with connection mode's blocking write as fallback.
+//! blocking with the park grace as its receive timeout) and the writes:
+//! non-blocking, and what the client's socket does not take is kept with
+//! the connection, which parks until there is room for it.
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -11,8 +12,8 @@ use log::{debug, info};
 
 use super::{EventPool, Local, Next, Spent, SLICE_BYTES, SLICE_READS};
 use crate::access::Ending;
-use crate::connection::{is_timeout, Connection, End, Pressure};
-use crate::poller::{Conn, Why};
+use crate::connection::{is_timeout, write_stalled, Connection, End, Pressure};
+use crate::poller::{Conn, Unsent, Why};
 use crate::service::Flow;
 use crate::stats::WorkerIo;
 
@@ -32,15 +33,31 @@ impl EventPool {
                 return self.end(local, conn, End::Idle, io);
             }
             Why::Shutdown => return self.end(local, conn, End::Shutdown, io),
+            // Dropped by the caller as a write timeout, as in connection
+            // mode.
+            Why::WriteStalled => {
+                let limit = self.limits.write_timeout.unwrap_or_default();
+                return Err(write_stalled(limit));
+            }
             Why::Readable | Why::Yield => {}
         }
         loop {
             if self.shutdown.deadline_passed() {
                 return self.end(local, conn, End::Shutdown, io);
             }
-            let hold = self.may_hold();
+            // Never held while a reply waits: its writes must not block.
+            let hold = !conn.waits_to_write() && self.may_hold();
             if hold != conn.held {
                 self.set_held(conn, hold)?;
+            }
+            if let Some(unsent) = conn.unsent.take() {
+                // Woken because the client read some of its reply: the
+                // rest first, and nothing read until it is all out (a
+                // client that never reads cannot make the server buffer
+                // more for it).
+                if !self.write_or_keep(conn, &unsent.bytes, io, Some(unsent.since))? {
+                    return Ok(Next::Park);
+                }
             }
             let input = &mut local.bufs.input;
             let read = if conn.held {
@@ -75,9 +92,15 @@ impl EventPool {
                     out.clear();
                     out.reserve(self.service.max_output(n));
                     let flow = conn.session.on_data(&bufs.input[..n], out);
-                    self.write_all(conn, &bufs.output, io)?;
                     if flow == Flow::Close {
+                        // The last reply: written out (or timed out) here,
+                        // then the close.
+                        self.write_all(conn, &bufs.output, io)?;
                         return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
+                    }
+                    if !self.write_or_keep(conn, &bufs.output, io, None)? {
+                        // The client is not reading: park until it does.
+                        return Ok(Next::Park);
                     }
                     spent.reads += 1;
                     spent.bytes += n;
@@ -188,10 +211,62 @@ impl EventPool {
         slow
     }
 
-    /// Writes all of `buf`: non-blocking first; if the client's receive
-    /// window is full, connection mode's blocking write with its write
-    /// timeout and shutdown deadline.
-    fn write_all(&self, conn: &mut Conn, mut buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+    /// Writes what the socket takes of `buf` without blocking; the rest is
+    /// kept in `conn.unsent` for when the client reads (see
+    /// [`Conn::unsent`]). True if all of it went out. `stalled`: for the
+    /// rest of an earlier reply, when its write stalled; the write timer
+    /// runs on from there unless this call makes progress (a new reply's
+    /// timer starts when it stalls).
+    fn write_or_keep(
+        &self,
+        conn: &mut Conn,
+        mut buf: &[u8],
+        io: &WorkerIo,
+        stalled: Option<Instant>,
+    ) -> io::Result<bool> {
+        let mut progressed = false;
+        while !buf.is_empty() {
+            match (&conn.stream).write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    io.wrote(n);
+                    conn.bytes_out += n as u64;
+                    buf = &buf[n..];
+                    progressed = true;
+                }
+                // A held socket's write times out after a slice (its send
+                // timeout) with the same error.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let since = match stalled {
+                        Some(since) if !progressed => since,
+                        _ => Instant::now(),
+                    };
+                    conn.unsent = Some(Box::new(Unsent {
+                        bytes: buf.to_vec(),
+                        since,
+                    }));
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes all of `buf` (after any unsent bytes of an earlier reply):
+    /// non-blocking first; if the client's receive window is full,
+    /// connection mode's blocking write with its write timeout and
+    /// shutdown deadline. For the replies that end a connection, after
+    /// which there is nothing to park for.
+    fn write_all(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
+        if let Some(unsent) = conn.unsent.take() {
+            self.write_all_now(conn, &unsent.bytes, io)?;
+        }
+        self.write_all_now(conn, buf, io)
+    }
+
+    fn write_all_now(&self, conn: &mut Conn, mut buf: &[u8], io: &WorkerIo) -> io::Result<()> {
         while !buf.is_empty() {
             match (&conn.stream).write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

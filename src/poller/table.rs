@@ -6,11 +6,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Token;
 
-use super::Conn;
+use super::{Conn, Timeouts};
 use crate::stats::GaugeGuard;
 
 #[derive(Debug, Default)]
@@ -18,8 +18,8 @@ pub(super) struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     pub(super) parked: usize,
-    /// Idle deadlines of parks; an entry is acted on only if its
-    /// connection is still parked and really idle that long.
+    /// Idle and write deadlines of parks; an entry is acted on only if its
+    /// connection is still parked and its timer really has fired.
     pub(super) deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
@@ -142,7 +142,7 @@ impl Table {
 /// Rebuilds the deadline heap from the table when stale entries (of
 /// connections that were unparked before their deadline) outnumber live
 /// ones: O(parked), at most once per that many parks.
-pub(super) fn compact(table: &mut Table, idle: Duration) {
+pub(super) fn compact(table: &mut Table, timeouts: &Timeouts) {
     if table.deadlines.len() <= 2 * table.parked + 1024 {
         return;
     }
@@ -154,10 +154,8 @@ pub(super) fn compact(table: &mut Table, idle: Duration) {
             let State::Parked(conn, _) = &s.state else {
                 return None;
             };
-            Some(Reverse((
-                conn.last_data + idle,
-                token(i as u32, s.generation).0,
-            )))
+            let (at, _) = conn.due(timeouts)?;
+            Some(Reverse((at, token(i as u32, s.generation).0)))
         })
         .collect();
     table.deadlines = fresh;

@@ -251,47 +251,159 @@ fn a_client_that_never_reads_is_cut_by_the_write_timeout_while_others_go_on() {
     assert_eq!((s.write_timeouts, s.accepted, s.live), (1, 2, 0));
 }
 
-/// Event dispatch runs no more workers at once than there are CPUs; a
-/// worker blocked on one connection (here, writing to clients that never
-/// read) gives its turn to another. With a worker more than CPUs, and every
-/// CPU's worker blocked, the spare one still serves another client —
-/// without the hand-over it would wait for the 60 s write timeout.
+/// Clients that stop reading park until they read again; they hold no
+/// worker. With more of them than workers, another client is still
+/// served at once, each is cut by its own write timeout, and the gauges
+/// say where they are meanwhile.
 #[test]
-fn workers_blocked_on_slow_clients_do_not_keep_the_others_from_running() {
-    let cpus = thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
-    let server = event_builder(cpus + 1)
-        .write_timeout(Duration::from_secs(60))
+fn clients_that_never_read_wait_parked_and_hold_no_worker() {
+    let server = event_builder(2)
+        .write_timeout(Duration::from_secs(2))
         .start()
         .unwrap();
     let addr = server.local_addr();
-    let stuck: Vec<_> = (0..cpus)
+    let stuck: Vec<_> = (0..6)
         .map(|_| {
             let c = connect(addr);
-            // Ends when the test shuts the connection down.
             let writer = support::never_reading_writer(&c);
             (c, writer)
         })
         .collect();
-    wait_until(
-        "every CPU's worker is busy with a client that never reads",
-        || server.stats().busy == cpus,
-    );
+    // The server reads nothing more from a connection whose reply waits,
+    // so its writer blocks too, and all of them end up parked.
+    wait_until("all six wait parked, no worker busy", || {
+        let s = checked(server.stats());
+        (s.parked, s.busy, s.write_timeouts) == (6, 0, 0)
+    });
     let mut other = served_client(addr);
     for _ in 0..20 {
         round_trip(&mut other, b"go on\n", b"GO ON\n");
     }
-    quit(other);
+    wait_until("every stalled write timed out", || {
+        server.stats().write_timeouts == 6
+    });
     for (c, writer) in stuck {
-        c.shutdown(std::net::Shutdown::Both).unwrap();
+        assert!(writer.join().unwrap(), "the server closed on the writer");
+        drop(c);
+    }
+    round_trip(&mut other, b"still\n", b"STILL\n");
+    quit(other);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.write_timeouts, s.accepted, s.live), (6, 7, 0));
+}
+
+/// At shutdown, connections parked with unsent replies get until the
+/// deadline's write grace (1 s) to take them, as a worker blocked in a
+/// write does in connection mode; then they are dropped. None keeps the
+/// server from exiting.
+#[test]
+fn shutdown_ends_clients_that_never_read_within_the_write_grace() {
+    let server = event_builder(2)
+        .write_timeout(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let stuck: Vec<_> = (0..4)
+        .map(|_| {
+            let c = connect(addr);
+            let writer = support::never_reading_writer(&c);
+            (c, writer)
+        })
+        .collect();
+    wait_until("all four wait parked", || {
+        let s = server.stats();
+        (s.parked, s.busy) == (4, 0)
+    });
+    let started = Instant::now();
+    let s = checked(server.shutdown(Duration::from_millis(500)));
+    let took = started.elapsed();
+    // The grace, then either the write grace (the reply never fits) or
+    // the 2 s lingering close (the socket's buffers grew and took it),
+    // a poll slice, and room for a slow machine.
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    assert_eq!((s.accepted, s.closed, s.write_timeouts), (4, 4, 0), "{s:?}");
+    // The server is gone: every writer stops (the lingering close may
+    // have drained all it sent).
+    for (c, writer) in stuck {
         drop(c);
         writer.join().unwrap();
     }
+}
+
+/// A client that reads slowly gets every byte, in order, though its
+/// connection parks and wakes for room to write many times.
+#[test]
+fn a_slow_reader_gets_every_byte_of_its_replies() {
+    let server = event_builder(1).start().unwrap();
+    let addr = server.local_addr();
+    let c = connect(addr);
+    // 16 MiB: more than loopback's socket buffers hold.
+    let lines = 64 * 1024;
+    let mut sent = Vec::new();
+    for i in 0..lines {
+        sent.extend_from_slice(format!("line {i:05} {}\n", "x".repeat(244)).as_bytes());
+    }
+    sent.extend_from_slice(b"quit\n");
+    let (expected, closes) = reference_reply(&sent);
+    assert!(closes);
+    let mut w = c.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&sent).unwrap());
+    // Let the replies back up until the server parks to write.
+    wait_until("the reply waits parked", || {
+        let s = server.stats();
+        (s.parked, s.busy) == (1, 0) && s.bytes_out > 0
+    });
+    let mut got = Vec::new();
+    let mut r = &c;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    writer.join().unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the replies differ");
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.write_timeouts, s.io_errors, s.live), (0, 0, 0));
+}
+
+/// Event dispatch runs no more workers at once than there are CPUs; a
+/// worker blocked on one connection (here, waiting for a PROXY header
+/// that never comes) gives its turn to another. With a worker more than
+/// CPUs, and every CPU's worker blocked, the spare one still serves
+/// another client — without the hand-over it would wait for the 60 s
+/// PROXY timeout.
+#[test]
+fn workers_blocked_on_silent_clients_do_not_keep_the_others_from_running() {
+    let cpus = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    let server = event_builder(cpus + 1)
+        .proxy_protocol(true)
+        .proxy_timeout(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let silent: Vec<_> = (0..cpus).map(|_| connect(addr)).collect();
+    wait_until("every CPU's worker waits for a PROXY header", || {
+        server.stats().busy == cpus
+    });
+    let mut other = connect(addr);
+    other
+        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 80\r\n")
+        .unwrap();
+    for _ in 0..20 {
+        round_trip(&mut other, b"go on\n", b"GO ON\n");
+    }
+    quit(other);
+    drop(silent);
     let s = checked(server.shutdown(Duration::from_secs(5)));
     assert_eq!(
-        (s.write_timeouts, s.accepted, s.live),
-        (0, cpus as u64 + 1, 0)
+        (s.proxy_refused, s.accepted, s.live),
+        (cpus as u64, cpus as u64 + 1, 0)
     );
 }
 
