@@ -168,7 +168,7 @@ fn encode(
     if let Some(ev) = event {
         e.gauge(
             "connections_parked",
-            "Event dispatch: idle connections waiting in the poller, not on a worker.",
+            "Event dispatch: connections waiting in the poller (idle, or waiting for the client to read), not on a worker.",
             s.parked,
         )?;
         e.gauge(

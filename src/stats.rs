@@ -183,8 +183,9 @@ listed! {
     /// Of the rejected, turned away because the server was out of file
     /// descriptors.
     rejected_no_fds: Count => rejected_no_fds;
-    /// Event dispatch: idle connections waiting in the poller, not on a
-    /// worker (0 in connection dispatch).
+    /// Event dispatch: connections waiting in the poller, not on a worker:
+    /// idle ones, and ones whose client has not read their last reply
+    /// yet (0 in connection dispatch).
     parked: Gauge => parked;
     /// Event dispatch: readable connections waiting in the ready queue for
     /// a worker (0 in connection dispatch).
