@@ -260,26 +260,13 @@ impl EventPool {
     /// shutdown deadline. For the replies that end a connection, after
     /// which there is nothing to park for.
     fn write_all(&self, conn: &mut Conn, buf: &[u8], io: &WorkerIo) -> io::Result<()> {
-        if let Some(unsent) = conn.unsent.take() {
-            self.write_all_now(conn, &unsent.bytes, io)?;
-        }
-        self.write_all_now(conn, buf, io)
-    }
-
-    fn write_all_now(&self, conn: &mut Conn, mut buf: &[u8], io: &WorkerIo) -> io::Result<()> {
-        while !buf.is_empty() {
-            match (&conn.stream).write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    io.wrote(n);
-                    conn.bytes_out += n as u64;
-                    buf = &buf[n..];
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return self.write_blocking(conn, buf, io);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let earlier = conn.unsent.take();
+        let earlier = earlier.as_ref().map_or(&[][..], |u| &u.bytes[..]);
+        for part in [earlier, buf] {
+            if !self.write_or_keep(conn, part, io, None)? {
+                // What the socket did not take, written blocking.
+                let rest = conn.unsent.take().map(|u| u.bytes).unwrap_or_default();
+                self.write_blocking(conn, &rest, io)?;
             }
         }
         Ok(())
