@@ -34,9 +34,12 @@
 //!   the poller reported, the minimum rate): [`Session::on_end`] answers
 //!   what is held, and the closer does the lingering close.
 //!
-//! Writes are non-blocking. When the client's socket takes only part of a
-//! reply, the rest stays with the connection ([`Conn::unsent`]) and it
-//! parks waiting for room to write, reading nothing meanwhile; the poller's
+//! Writes never block: they are sent with `MSG_DONTWAIT`, also on a held
+//! socket, so a held connection whose client stops reading parks at once
+//! instead of keeping its worker and CPU permit in a blocked write. When
+//! the client's socket takes only part of a reply, the rest stays with the
+//! connection ([`Conn::unsent`]) and it parks waiting for room to write,
+//! reading nothing meanwhile; the poller's
 //! timer enforces the write timeout. Only the reply that ends a connection
 //! (`exit`, an idle timeout, shutdown) gets connection mode's blocking
 //! write with the write-timeout slices (the socket is switched to blocking
@@ -76,7 +79,6 @@ use crate::proxy::Gate;
 use crate::queue::Job;
 use crate::service::{Buffers, EventService, Flow};
 use crate::shutdown::Shutdown;
-use crate::shutdown::POLL_SLICE;
 use crate::stats::{BusyGuard, Counters, LiveGuard};
 
 mod permits;
@@ -352,13 +354,12 @@ impl EventPool {
         };
         // `serve` counts the worker busy from here on.
         drop(reading);
-        // Non-blocking to start with; the send timeout bounds a write on a
-        // held (blocking) socket to one slice before the write-timeout
-        // logic takes over.
+        // Non-blocking to start with. (Replies are sent with
+        // `MSG_DONTWAIT`, so even a held socket's writes never block: no
+        // send timeout is needed.)
         if let Err(e) = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
-            .and_then(|()| stream.set_write_timeout(Some(POLL_SLICE)))
         {
             debug!("{peer}: cannot set the socket up: {e}");
             self.counters.io_error();

@@ -5,7 +5,8 @@
 //! non-blocking, and what the client's socket does not take is kept with
 //! the connection, which parks until there is room for it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::net::TcpStream;
 use std::time::Instant;
 
 use log::{debug, info};
@@ -226,7 +227,7 @@ impl EventPool {
     ) -> io::Result<bool> {
         let mut progressed = false;
         while !buf.is_empty() {
-            match (&conn.stream).write(buf) {
+            match send_now(&conn.stream, buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     io.wrote(n);
@@ -234,8 +235,6 @@ impl EventPool {
                     buf = &buf[n..];
                     progressed = true;
                 }
-                // A held socket's write times out after a slice (its send
-                // timeout) with the same error.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let since = match stalled {
                         Some(since) if !progressed => since,
@@ -291,5 +290,63 @@ impl EventPool {
         conn.stream.set_nonblocking(true)?;
         conn.held = false;
         written
+    }
+}
+
+/// Sends what the socket takes of `buf` now, without blocking even on a
+/// held (blocking) socket: `send(2)` with `MSG_DONTWAIT`, so a client that
+/// does not read makes a held connection park at once instead of keeping
+/// its worker, and its CPU permit, in a blocked write. (`MSG_NOSIGNAL`, as
+/// std's own writes: a reset peer is an error, not a `SIGPIPE`.)
+fn send_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use rustix::net::{send, SendFlags};
+    Ok(send(
+        stream,
+        buf,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A blocking socket with no send timeout would block for good once
+    /// the peer's window and its own buffer are full; `send_now` must say
+    /// `WouldBlock` instead. Run on a thread and waited for with a
+    /// deadline, so a blocking send fails the test instead of hanging it.
+    #[test]
+    fn send_now_does_not_block_on_a_blocking_socket_whose_peer_never_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(false).unwrap();
+        server.set_write_timeout(None).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            // Bounded: loopback buffers hold a few MiB at most.
+            let outcome = loop {
+                match send_now(&server, &chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) => break e.kind(),
+                }
+                if sent > 1 << 30 {
+                    break io::ErrorKind::Other;
+                }
+            };
+            let _ = tx.send((outcome, sent));
+            drop(server);
+        });
+        let (outcome, sent) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("send_now blocked on a full socket");
+        assert_eq!(outcome, io::ErrorKind::WouldBlock);
+        assert!(sent > 0, "the socket took nothing at all");
+        drop(client);
     }
 }
