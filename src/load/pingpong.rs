@@ -61,9 +61,12 @@ pub(super) fn pingpong(ctx: &Ctx<'_>, idx: usize) -> Tally {
         if in_flight.is_empty() {
             // Nothing left to send or to wait for. Ending here without a
             // single reply (connected only after the measured time ended,
-            // or the run was stopped first) is still never being served.
+            // or the run was stopped first) is still never being served,
+            // and such a connection just closes: a polite `quit` would
+            // wait for a server that has not answered it yet, maybe until
+            // the deadline.
             t.never_served += u64::from(!served);
-            break true;
+            break served;
         }
 
         let n = match read_once(&stream, &mut buf) {

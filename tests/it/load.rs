@@ -849,3 +849,59 @@ fn event_dispatch_serves_every_idle_connection_on_few_workers() {
     assert_eq!((stats.accepted, stats.closed), (300, 300));
     assert_eq!(stats.bytes_in, stats.bytes_out);
 }
+
+/// TCP's count of SYNs dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`).
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("read /proc/net/netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")
+        .expect("ListenOverflows is counted");
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// A connection whose connect completes only after the measured time (its
+/// SYN met a full listen queue and was sent again a second later) has
+/// nothing to measure: it is reported never served and poolload exits,
+/// instead of saying `quit` and waiting for an answer until `--deadline`
+/// (here from a listener that never reads).
+#[test]
+fn a_connection_that_connects_after_the_run_is_not_waited_for() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    // Room for one connection in the kernel's queue, taken by a filler.
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let _filler = std::net::TcpStream::connect(addr).unwrap();
+    let dropped_before = listen_overflows();
+
+    let child = spawn_poolload(
+        addr,
+        &[
+            "-c",
+            "1",
+            "-d",
+            "200ms",
+            "--connect-timeout",
+            "60s",
+            "--deadline",
+            "60s",
+        ],
+    );
+    // Its first SYN is dropped; then make room for the one sent again.
+    support::wait_until("poolload's SYN is dropped by the full queue", || {
+        listen_overflows() > dropped_before
+    });
+    let _accepted = listener.accept().unwrap();
+    let out = wait_output(child);
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(num(&r, "never_served"), 1, "{r}");
+    assert_eq!(num(&r, "round_trips"), 0, "{r}");
+    assert_eq!(r["cut_by_deadline"], false, "{r}");
+}
