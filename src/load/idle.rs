@@ -269,7 +269,9 @@ impl Driver<'_, '_> {
                             self.push(i);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(i);
+                            // Only after a close or an error may more wait
+                            // behind a short read with no edge to come.
+                            self.read(i, !ev.is_read_closed() && !ev.is_error());
                         }
                     }
                     _ => {}
@@ -418,8 +420,11 @@ impl Driver<'_, '_> {
     }
 
     /// Reads what arrived (until the socket is drained: the poller only
-    /// reports changes) and checks it.
-    fn read(&mut self, i: usize) {
+    /// reports changes) and checks it. `short_drains`: a read that does
+    /// not fill the buffer has drained the socket, and the read that would
+    /// only say so is skipped (a third of this side's system calls); data
+    /// that comes after it raises a new edge.
+    fn read(&mut self, i: usize, short_drains: bool) {
         loop {
             let Some(s) = self.conns[i].stream.as_mut() else {
                 return;
@@ -437,7 +442,7 @@ impl Driver<'_, '_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(i, format!("receiving failed: {e}")),
             };
-            if !self.check(i, n) {
+            if !self.check(i, n) || (short_drains && n < self.buf.len()) {
                 return;
             }
         }
