@@ -34,12 +34,13 @@
 //!   the poller reported, the minimum rate): [`Session::on_end`] answers
 //!   what is held, and the closer does the lingering close.
 //!
-//! Writes never block: they are sent with `MSG_DONTWAIT`, also on a held
-//! socket, so a held connection whose client stops reading parks at once
-//! instead of keeping its worker and CPU permit in a blocked write. When
-//! the client's socket takes only part of a reply, the rest stays with the
-//! connection ([`Conn::unsent`]) and it parks waiting for room to write,
-//! reading nothing meanwhile; the poller's
+//! Writes never block in the kernel: they are sent with `MSG_DONTWAIT`,
+//! also on a held socket. When the client's socket takes only part of a
+//! reply, a held connection waits up to [`PARK_GRACE`] for room (`poll`,
+//! without its CPU permit: a streaming client that reads makes room in
+//! microseconds), and otherwise the rest stays with the connection
+//! ([`Conn::unsent`]) and it parks waiting for room to write, reading
+//! nothing meanwhile; the poller's
 //! timer enforces the write timeout. Only the reply that ends a connection
 //! (`exit`, an idle timeout, shutdown) gets connection mode's blocking
 //! write with the write-timeout slices (the socket is switched to blocking

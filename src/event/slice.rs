@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
@@ -236,6 +236,15 @@ impl EventPool {
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A held connection waits up to the grace for room, as
+                    // its reads wait for data: a streaming client that
+                    // reads makes room within microseconds, cheaper than a
+                    // park and a hand-off to another worker; one that does
+                    // not read is parked after the grace (no permit is
+                    // kept meanwhile).
+                    if conn.held && self.blocking(|| room_within(&conn.stream, self.grace)) {
+                        continue;
+                    }
                     let since = match stalled {
                         Some(since) if !progressed => since,
                         _ => Instant::now(),
@@ -305,6 +314,24 @@ fn send_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
         buf,
         SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
     )?)
+}
+
+/// Waits up to `limit` for room to write in `stream`'s send buffer
+/// (`poll(2)` for `POLLOUT`); true if there is some, if the socket failed
+/// (the next send then says how) or if a signal interrupted the wait.
+fn room_within(stream: &TcpStream, limit: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: limit.as_secs() as i64,
+        tv_nsec: i64::from(limit.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(0) => false,
+        Ok(_) | Err(rustix::io::Errno::INTR) => true,
+        // Not expected; parked, the poller reports the socket.
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
