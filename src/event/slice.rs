@@ -2,8 +2,9 @@
 //! write, again — and why the slice stops (parked, yielded, ended). Also
 //! the two regimes a socket can be read in (non-blocking, or *held*:
 //! blocking with the park grace as its receive timeout) and the writes:
-//! non-blocking, and what the client's socket does not take is kept with
-//! the connection, which parks until there is room for it.
+//! never blocked in the kernel (a held connection waits up to the same
+//! grace for room), and what the client's socket does not take is kept
+//! with the connection, which parks until there is room for it.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
@@ -303,9 +304,10 @@ impl EventPool {
 }
 
 /// Sends what the socket takes of `buf` now, without blocking even on a
-/// held (blocking) socket: `send(2)` with `MSG_DONTWAIT`, so a client that
-/// does not read makes a held connection park at once instead of keeping
-/// its worker, and its CPU permit, in a blocked write. (`MSG_NOSIGNAL`, as
+/// held (blocking) socket: `send(2)` with `MSG_DONTWAIT`. A client that
+/// does not read can then never keep a worker, or its CPU permit, in a
+/// write the kernel blocks; how long to wait for room is the caller's
+/// choice ([`room_within`], without the permit). (`MSG_NOSIGNAL`, as
 /// std's own writes: a reset peer is an error, not a `SIGPIPE`.)
 fn send_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     use rustix::net::{send, SendFlags};
@@ -339,7 +341,6 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     /// A blocking socket with no send timeout would block for good once
     /// the peer's window and its own buffer are full; `send_now` must say
