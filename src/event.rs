@@ -48,9 +48,13 @@
 //!
 //! No more workers run at once than there are CPUs (`permits.rs`): a
 //! worker takes a permit before it looks for work and gives it back while
-//! it blocks on one connection (a held read, a closing reply's blocking
-//! write, a PROXY header), so the other workers are there for those calls and the
-//! running ones do not preempt each other half-way through replies.
+//! it blocks on one connection (a held read or wait for room, a closing
+//! reply's blocking write), so the other workers are there for those calls
+//! and the running ones do not preempt each other half-way through
+//! replies.
+//!
+//! With `--proxy-protocol` the PROXY header is read without blocking as
+//! well, and a connection whose header is late parks (`header.rs`).
 //!
 //! A panic in the service is caught per slice: that connection is closed,
 //! the panic counted, the worker goes on.
@@ -76,12 +80,13 @@ use crate::closer::Closer;
 use crate::connection::{is_write_stall, Limits, Pressure};
 use crate::poller::{Conn, Events, Parked, Parking, Why};
 use crate::pool::PoolContext;
-use crate::proxy::Gate;
+use crate::proxy::{Gate, Refusal};
 use crate::queue::Job;
-use crate::service::{Buffers, EventService, Flow};
+use crate::service::{Buffers, EventService};
 use crate::shutdown::Shutdown;
 use crate::stats::{BusyGuard, Counters, LiveGuard};
 
+mod header;
 mod permits;
 mod slice;
 
@@ -135,6 +140,8 @@ enum Next {
     Yield,
     /// To the closer; how it ended, for the access log.
     Close(Ending),
+    /// Its PROXY header was refused: closed unanswered.
+    Refuse(Refusal),
 }
 
 impl Pressure for EventPool {
@@ -214,7 +221,7 @@ impl EventPool {
                 // at once (the time it was readable while every worker was
                 // busy is the kernel's, and not seen).
                 self.counters.record_ready_wait(local.id, Duration::ZERO);
-                self.serve(local, conn, Why::Readable, &[]);
+                self.serve(local, conn, Why::Readable);
             }
         }
         // Wake the next worker, which wakes the next.
@@ -248,7 +255,7 @@ impl EventPool {
             self.counters
                 .record_ready_wait(local.id, item.since.elapsed());
             drop(item.in_queue);
-            self.serve(local, item.conn, item.why, &[]);
+            self.serve(local, item.conn, item.why);
             return true;
         }
         !local.accept_first && self.take_accept(local)
@@ -332,32 +339,9 @@ impl EventPool {
             stream,
             peer,
             accepted_at,
-            mut live,
+            live,
         } = job;
-        // With --proxy-protocol, the header first (a blocking read bounded
-        // by --proxy-timeout, as in connection mode; the socket is still
-        // blocking here): the true client, and what came after the header.
-        let reading = BusyGuard::new(&self.counters);
-        let (peer, leftover) = match &self.gate {
-            None => (peer, Vec::new()),
-            Some(gate) => match self.blocking(|| gate.admit(&stream, peer)) {
-                Ok(admitted) => {
-                    if let Some(access) = live.access() {
-                        access.proxied(admitted.client);
-                    }
-                    (admitted.client, admitted.leftover)
-                }
-                Err(why) => {
-                    gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
-                    return self.check_finished();
-                }
-            },
-        };
-        // `serve` counts the worker busy from here on.
-        drop(reading);
-        // Non-blocking to start with. (Replies are sent with
-        // `MSG_DONTWAIT`, so even a held socket's writes never block: no
-        // send timeout is needed.)
+        // Non-blocking from the start, the PROXY header included.
         if let Err(e) = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
@@ -367,39 +351,66 @@ impl EventPool {
             drop((stream, live));
             return self.check_finished();
         }
-        let session = match catch_unwind(AssertUnwindSafe(|| self.service.open(peer))) {
-            Ok(session) => session,
+        let conn = match &self.gate {
+            // With --proxy-protocol the session opens once the header has
+            // named the true client (`header.rs`); until then the
+            // connection waits for the header's bytes like any other.
+            Some(gate) => match gate.expect(peer) {
+                Ok(wait) => {
+                    let mut conn = Conn::new(stream, peer, live, accepted_at, header::not_open());
+                    conn.header = Some(Box::new(wait));
+                    conn
+                }
+                Err(why) => {
+                    gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
+                    return self.check_finished();
+                }
+            },
+            None => {
+                let mut conn = Conn::new(stream, peer, live, accepted_at, header::not_open());
+                if !self.open_session(&mut conn) {
+                    self.close(conn, Ending::Panic);
+                    return self.check_finished();
+                }
+                conn
+            }
+        };
+        self.serve(local, conn, Why::Readable);
+    }
+
+    /// Opens the service's session for `conn.peer`; false (the panic
+    /// counted and logged) if the service panicked, when the caller closes
+    /// the connection.
+    fn open_session(&self, conn: &mut Conn) -> bool {
+        let peer = conn.peer;
+        match catch_unwind(AssertUnwindSafe(|| self.service.open(peer))) {
+            Ok(session) => {
+                conn.session = session;
+                true
+            }
             Err(panic) => {
                 self.counters.panic();
-                if let Some(access) = live.access() {
-                    access.ended(Ending::Panic);
-                }
                 error!(
                     "the service panicked opening {peer}: {}; that connection is closed",
                     crate::pool::panic_message(&*panic)
                 );
-                self.closer.close(stream, live);
-                return self.check_finished();
+                false
             }
-        };
-        let conn = Conn::new(stream, peer, live, accepted_at, session);
-        self.serve(local, conn, Why::Readable, &leftover);
+        }
     }
 
     /// Serves one slice of `conn` and hands it on: parked, back to the
     /// ready queue, or to the closer.
-    /// `first`: bytes read before the slice (after a PROXY header), served
-    /// before anything else.
-    fn serve(&self, local: &mut Local, conn: Conn, why: Why, first: &[u8]) {
+    fn serve(&self, local: &mut Local, conn: Conn, why: Why) {
         let busy = BusyGuard::new(&self.counters);
-        let (mut conn, mut why, mut first) = (conn, why, first);
+        let (mut conn, mut why) = (conn, why);
         // Loops only when a park finds data arrived since the last read:
         // the same slice goes on, its budget not renewed (a stream whose
         // client never pauses nearly always has such data, and would
         // otherwise never give way).
         local.spent = Spent::default();
-        while let Some(retry) = self.serve_slice(local, conn, why, first) {
-            (conn, why, first) = (retry, Why::Readable, &[]);
+        while let Some(retry) = self.serve_slice(local, conn, why) {
+            (conn, why) = (retry, Why::Readable);
         }
         drop(busy);
         self.check_finished();
@@ -407,19 +418,8 @@ impl EventPool {
 
     /// One slice and the hand-off; the connection back if it must be read
     /// again instead of parked.
-    fn serve_slice(
-        &self,
-        local: &mut Local,
-        mut conn: Conn,
-        why: Why,
-        first: &[u8],
-    ) -> Option<Conn> {
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            if !first.is_empty() && self.feed(local, &mut conn, first)? == Flow::Close {
-                return Ok(Next::Close(Ending::closed_by(conn.session.closed_by())));
-            }
-            self.slice(local, &mut conn, why)
-        }));
+    fn serve_slice(&self, local: &mut Local, mut conn: Conn, why: Why) -> Option<Conn> {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.slice(local, &mut conn, why)));
         match outcome {
             Ok(Ok(Next::Park)) => match self.parking.park(conn) {
                 Parked::Yes => {}
@@ -434,6 +434,7 @@ impl EventPool {
             },
             Ok(Ok(Next::Yield)) => self.parking.push(conn, Why::Yield),
             Ok(Ok(Next::Close(ending))) => self.close(conn, ending),
+            Ok(Ok(Next::Refuse(why))) => self.refuse(conn, why),
             Ok(Err(e)) => {
                 let ending = if is_write_stall(&e) {
                     warn!("{}: {e}; closing the connection", conn.peer);
@@ -467,6 +468,21 @@ impl EventPool {
     fn close(&self, conn: Conn, ending: Ending) {
         let (stream, live) = self.account(conn, ending);
         self.closer.close(stream, live);
+    }
+
+    /// Closes a connection whose PROXY header was refused, unanswered, as
+    /// connection mode does (counted in `proxy_refused`).
+    fn refuse(&self, mut conn: Conn, why: Refusal) {
+        self.parking.forget(&mut conn);
+        let Some(gate) = &self.gate else {
+            // Not reachable: only a gate makes a connection wait for a
+            // header.
+            return self.close(conn, Ending::Error);
+        };
+        let Conn {
+            stream, peer, live, ..
+        } = conn;
+        gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
     }
 
     /// Fills in the access record (when the log is on) and takes the

@@ -74,6 +74,7 @@ use mio::{Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
 use rustix::event::{epoll, Timespec};
 
+use crate::proxy::HeaderWait;
 use crate::queue::Bell;
 use crate::ratelimit::RateLimit;
 use crate::service::Session;
@@ -128,6 +129,11 @@ pub(crate) struct Conn {
     /// data with no edge left to announce it, so the worker reads until a
     /// read says so.
     pub(crate) peer_closed: bool,
+    /// With `--proxy-protocol`: the PROXY header, until it is whole. Till
+    /// then `peer` is the balancer, `session` a stand-in, and the header's
+    /// deadline is the connection's timer. Boxed: its buffer is only
+    /// needed for the first bytes.
+    pub(crate) header: Option<Box<HeaderWait>>,
 }
 
 impl Conn {
@@ -157,6 +163,7 @@ impl Conn {
             watches_writes: false,
             unsent: None,
             peer_closed: false,
+            header: None,
         }
     }
 
@@ -165,10 +172,13 @@ impl Conn {
         self.unsent.is_some()
     }
 
-    /// When its timer fires while parked, and why: a write stalled for the
-    /// write timeout, or silence for the idle timeout.
+    /// When its timer fires while parked, and why: a PROXY header not
+    /// whole by its deadline, a write stalled for the write timeout, or
+    /// silence for the idle timeout.
     fn due(&self, timeouts: &Timeouts) -> Option<(Instant, Why)> {
-        if let Some(unsent) = &self.unsent {
+        if let Some(header) = &self.header {
+            Some((header.deadline, Why::ProxyTimeout))
+        } else if let Some(unsent) = &self.unsent {
             timeouts
                 .write
                 .map(|t| (unsent.since + t, Why::WriteStalled))
@@ -220,6 +230,8 @@ pub(crate) enum Why {
     WriteStalled,
     /// The shutdown deadline passed while it was parked.
     Shutdown,
+    /// Its PROXY header was not whole by `--proxy-timeout`.
+    ProxyTimeout,
 }
 
 /// An entry of the ready queue.
@@ -542,9 +554,6 @@ impl Poller {
     /// Pushes every parked connection whose timer has fired: idle, or a
     /// write stalled.
     fn expire(&self, p: &Parking) {
-        if p.timeouts.idle.is_none() && p.timeouts.write.is_none() {
-            return;
-        }
         let now = Instant::now();
         loop {
             let due = {

@@ -279,6 +279,17 @@ impl Gate {
         read_header(stream, peer, deadline, &self.settings.allow)
     }
 
+    /// The header of a connection event dispatch just took, to be read
+    /// without blocking as its bytes come: the allow-list is checked now,
+    /// and `--proxy-timeout` runs from now.
+    pub(crate) fn expect(&self, peer: SocketAddr) -> Result<HeaderWait, Refusal> {
+        check_peer(&self.settings.allow, peer)?;
+        Ok(HeaderWait {
+            reader: HeaderReader::new(peer),
+            deadline: Instant::now() + self.settings.timeout,
+        })
+    }
+
     /// Closes a refused connection unanswered (a lingering close writes
     /// nothing), counts it as closed and in `proxy_refused`, and logs it at
     /// a bounded rate. Only the peer's own address is named: whatever a
@@ -381,6 +392,14 @@ pub(crate) enum Step {
     Done(Admitted),
     /// Refused; close the connection unanswered.
     Refused(Refusal),
+}
+
+/// A header still coming on a connection that waits for it without a
+/// worker (event dispatch): what has arrived, and when it must be whole.
+#[derive(Debug)]
+pub(crate) struct HeaderWait {
+    pub(crate) reader: HeaderReader,
+    pub(crate) deadline: Instant,
 }
 
 /// Reads one PROXY header, in as many reads as it takes, never more than

@@ -1,7 +1,7 @@
 //! How many event workers run at once: no more than there are CPUs.
 //!
 //! `--workers` bounds the threads that may be *blocked* on a connection (a
-//! held read, a slow client's write, a PROXY header); in event dispatch
+//! held read, the closing reply to a slow reader); in event dispatch
 //! most of the time no worker is, and then every worker that runs competes
 //! for the same few CPUs. Measured on 2 cores, 64 ping-pong clients, 8
 //! workers: with all 8 taking epoll events, the reply p99 was 3.4–3.9 ms

@@ -23,6 +23,10 @@ impl EventPool {
     /// Reads, transforms and writes until the connection parks, yields or
     /// ends.
     pub(super) fn slice(&self, local: &mut Local, conn: &mut Conn, why: Why) -> io::Result<Next> {
+        // With --proxy-protocol, the header first.
+        if let Some(next) = self.read_header(local, conn, why)? {
+            return Ok(next);
+        }
         let io = self.counters.worker_io(local.id);
         match why {
             Why::Idle => {
@@ -41,7 +45,8 @@ impl EventPool {
                 let limit = self.limits.write_timeout.unwrap_or_default();
                 return Err(write_stalled(limit));
             }
-            Why::Readable | Why::Yield => {}
+            // A header's timer (`read_header` handled it).
+            Why::Readable | Why::Yield | Why::ProxyTimeout => {}
         }
         loop {
             if self.shutdown.deadline_passed() {

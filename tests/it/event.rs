@@ -370,41 +370,117 @@ fn a_slow_reader_gets_every_byte_of_its_replies() {
     assert_eq!((s.write_timeouts, s.io_errors, s.live), (0, 0, 0));
 }
 
+/// An event service whose reply to `flood` is 16 MiB and ends the
+/// connection: a closing reply, which gets the blocking write, so a client
+/// that never reads keeps that worker blocked until the write timeout.
+/// Anything else comes back uppercased.
+#[derive(Debug)]
+struct Flood;
+
+struct FloodSession;
+
+impl Session for FloodSession {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Flow {
+        if input.starts_with(b"flood") {
+            out.resize(16 << 20, b'F');
+            return Flow::Close;
+        }
+        out.extend(input.iter().map(u8::to_ascii_uppercase));
+        Flow::Continue
+    }
+    fn on_end(&mut self, _end: End, _out: &mut Vec<u8>) {}
+}
+
+impl EventService for Flood {
+    fn open(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(FloodSession)
+    }
+}
+
 /// Event dispatch runs no more workers at once than there are CPUs; a
-/// worker blocked on one connection (here, waiting for a PROXY header
-/// that never comes) gives its turn to another. With a worker more than
-/// CPUs, and every CPU's worker blocked, the spare one still serves
+/// worker blocked on one connection (here, writing a closing reply to a
+/// client that never reads) gives its turn to another. With a worker more
+/// than CPUs, and every CPU's worker blocked, the spare one still serves
 /// another client — without the hand-over it would wait for the 60 s
-/// PROXY timeout.
+/// write timeout.
 #[test]
 fn workers_blocked_on_silent_clients_do_not_keep_the_others_from_running() {
     let cpus = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(16);
     let server = event_builder(cpus + 1)
-        .proxy_protocol(true)
-        .proxy_timeout(Duration::from_secs(60))
+        .event_service(Flood)
+        .write_timeout(Duration::from_secs(60))
         .start()
         .unwrap();
     let addr = server.local_addr();
-    let silent: Vec<_> = (0..cpus).map(|_| connect(addr)).collect();
-    wait_until("every CPU's worker waits for a PROXY header", || {
-        server.stats().busy == cpus
-    });
+    let flooded: Vec<_> = (0..cpus)
+        .map(|_| {
+            let mut c = connect(addr);
+            c.write_all(b"flood\n").unwrap();
+            c
+        })
+        .collect();
+    wait_until(
+        "every CPU's worker is blocked writing a closing reply",
+        || server.stats().busy == cpus,
+    );
     let mut other = connect(addr);
-    other
-        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 80\r\n")
-        .unwrap();
     for _ in 0..20 {
         round_trip(&mut other, b"go on\n", b"GO ON\n");
     }
-    quit(other);
-    drop(silent);
+    // (This service has no `quit`.) Closed unread: the blocked writes
+    // fail, the workers are free.
+    drop(other);
+    drop(flooded);
+    wait_until("the flooded connections are closed", || {
+        server.stats().live == 0
+    });
     let s = checked(server.shutdown(Duration::from_secs(5)));
-    assert_eq!(
-        (s.proxy_refused, s.accepted, s.live),
-        (cpus as u64, cpus as u64 + 1, 0)
-    );
+    assert_eq!((s.accepted, s.live), (cpus as u64 + 1, 0));
+}
+
+/// With `--proxy-protocol`, a connection whose PROXY header does not come
+/// (nothing, or half a header) waits parked without a worker, like any
+/// silent client, until `--proxy-timeout` refuses it unanswered: six of
+/// them on two workers, and another client with its header is served
+/// meanwhile.
+#[test]
+fn connections_whose_proxy_header_is_late_wait_parked_and_hold_no_worker() {
+    let server = event_builder(2)
+        .proxy_protocol(true)
+        .proxy_timeout(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let mut late: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = connect(addr);
+            if i % 2 == 1 {
+                c.write_all(b"PROXY TCP4 192.0.2.").unwrap();
+            }
+            c
+        })
+        .collect();
+    wait_until("the six wait parked, no worker busy", || {
+        let s = server.stats();
+        s.parked == 6 && s.busy == 0
+    });
+    let mut other = connect(addr);
+    other
+        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 80\r\nhello\n")
+        .unwrap();
+    assert_eq!(read_n(&mut other, 6), b"HELLO\n");
+    for _ in 0..20 {
+        round_trip(&mut other, b"go on\n", b"GO ON\n");
+    }
+    // Refused at the timeout: closed, nothing said.
+    for c in &mut late {
+        assert_eq!(read_to_close(c), b"");
+    }
+    quit(other);
+    let s = checked(server.shutdown(Duration::from_secs(5)));
+    assert_eq!((s.proxy_refused, s.accepted, s.live), (6, 7, 0));
 }
 
 /// An event service that panics when a message starts with `panic`.
