@@ -351,30 +351,25 @@ impl EventPool {
             drop((stream, live));
             return self.check_finished();
         }
-        let conn = match &self.gate {
+        let mut conn = Conn::new(stream, peer, live, accepted_at, header::not_open());
+        match &self.gate {
             // With --proxy-protocol the session opens once the header has
             // named the true client (`header.rs`); until then the
             // connection waits for the header's bytes like any other.
             Some(gate) => match gate.expect(peer) {
-                Ok(wait) => {
-                    let mut conn = Conn::new(stream, peer, live, accepted_at, header::not_open());
-                    conn.header = Some(Box::new(wait));
-                    conn
-                }
+                Ok(wait) => conn.header = Some(Box::new(wait)),
                 Err(why) => {
-                    gate.refuse(why, stream, peer, live, &self.counters, &self.closer);
+                    self.refuse(conn, why);
                     return self.check_finished();
                 }
             },
             None => {
-                let mut conn = Conn::new(stream, peer, live, accepted_at, header::not_open());
                 if !self.open_session(&mut conn) {
                     self.close(conn, Ending::Panic);
                     return self.check_finished();
                 }
-                conn
             }
-        };
+        }
         self.serve(local, conn, Why::Readable);
     }
 
