@@ -33,15 +33,18 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::ctx::{connect_hint, Ctx};
 use super::pattern::{is_busy, Pattern};
-use super::report::{histogram_us, new_histogram, MAX_EXAMPLES};
+use super::report::histogram_us;
 use super::sock::{is_timeout, READ_BUF};
 use super::SLICE;
+
+mod tally;
+
+pub(super) use tally::IdleTally;
 
 /// Connects under way at once, at most: below the listen backlog of 128
 /// that std's listeners (and many servers) use, so a server that accepts
@@ -50,69 +53,6 @@ use super::SLICE;
 pub(super) const CONNECTS_IN_FLIGHT: usize = 64;
 /// Poller events handled per wake-up.
 const EVENTS: usize = 1024;
-
-/// What the idle connections did, for the report.
-#[derive(Debug)]
-pub(super) struct IdleTally {
-    /// Connections that had at least one correct reply during the run.
-    pub(super) served: u64,
-    /// Round trips counted (sent after the warm-up, answered before the
-    /// end of the run).
-    pub(super) round_trips: u64,
-    /// Replies that differed from the expected bytes (and unasked bytes).
-    pub(super) wrong: u64,
-    /// Connections that failed: connect refused or timed out, reset,
-    /// closed by the server.
-    pub(super) errors: u64,
-    /// Connections without a correct reply by the end that did not fail:
-    /// waiting in the server's queue, or not connected yet.
-    pub(super) never_served: u64,
-    /// Of `never_served`, those not even connected by the end.
-    pub(super) not_connected: u64,
-    /// Connections answered with a `BUSY` line.
-    pub(super) rejected: u64,
-    /// The hard deadline passed with replies still outstanding.
-    pub(super) cut: bool,
-    /// Send-to-reply latencies of the counted round trips.
-    pub(super) latency: Histogram<u64>,
-    /// When the idle connections stopped sending.
-    pub(super) finished: Option<Instant>,
-    /// The first few error messages, for the report's examples.
-    pub(super) error_messages: Vec<String>,
-}
-
-impl IdleTally {
-    pub(super) fn new() -> Self {
-        IdleTally {
-            served: 0,
-            round_trips: 0,
-            wrong: 0,
-            errors: 0,
-            never_served: 0,
-            not_connected: 0,
-            rejected: 0,
-            cut: false,
-            latency: new_histogram(),
-            finished: None,
-            error_messages: Vec::new(),
-        }
-    }
-
-    /// Idle connections that could not run at all: one error says why
-    /// (and fails the run), and none of them counts as served.
-    pub(super) fn failed(why: String) -> Self {
-        let mut t = IdleTally::new();
-        t.error(why);
-        t
-    }
-
-    pub(super) fn error(&mut self, message: String) {
-        self.errors += 1;
-        if self.error_messages.len() < MAX_EXAMPLES {
-            self.error_messages.push(format!("idle: {message}"));
-        }
-    }
-}
 
 /// Where one idle connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
