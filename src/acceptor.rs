@@ -33,7 +33,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::closer::{turn_away, Closer};
-use crate::config::Overflow;
+use crate::config::{Overflow, ServerBuilder};
 use crate::proxy::{Gate, Refusal};
 use crate::queue::{busy_line, Bell, Job};
 use crate::ratelimit::RateLimit;
@@ -98,6 +98,17 @@ pub(crate) enum HandOver {
 }
 
 impl HandOver {
+    /// What `b`'s listener calls for.
+    pub(crate) fn of(b: &ServerBuilder) -> HandOver {
+        if b.inherited {
+            HandOver::Always
+        } else if b.reuse_port && b.listener.is_none() {
+            HandOver::IfMigrating
+        } else {
+            HandOver::Never
+        }
+    }
+
     fn leaves_queue(self) -> bool {
         match self {
             HandOver::Never => false,

@@ -4,8 +4,8 @@
 //! One setter per command-line flag of `poolserver` (README, The server),
 //! plus a few that only embedders need (a pre-bound listener, a custom
 //! service, a monitor sink, buffer and stack sizes), and
-//! [`start`](ServerBuilder::start), which hands the settings to
-//! `server.rs`.
+//! [`start`](ServerBuilder::start), which `server.rs` defines: this file
+//! only holds settings, and depends on nothing that runs them.
 
 use std::fmt;
 use std::io::Write;
@@ -13,12 +13,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::acceptor::HandOver;
 use crate::admission::DEFAULT_MAX_CONNECTIONS;
 use crate::connection::{Limits, MinRate};
-use crate::error::Error;
 use crate::proxy::{AllowList, ProxySettings, DEFAULT_PROXY_TIMEOUT};
-use crate::server::Server;
 use crate::service::{EventService, Service, ServiceKind, Uppercase};
 
 /// What the acceptor does when the accept queue is full.
@@ -304,18 +301,6 @@ impl ServerBuilder {
         self
     }
 
-    /// What happens at shutdown to connections still in the kernel's
-    /// queue.
-    pub(crate) fn hand_over(&self) -> HandOver {
-        if self.inherited {
-            HandOver::Always
-        } else if self.reuse_port && self.listener.is_none() {
-            HandOver::IfMigrating
-        } else {
-            HandOver::Never
-        }
-    }
-
     /// Size of the fixed worker pool; must be at least 1. Defaults to the
     /// number of logical CPUs.
     pub fn workers(mut self, n: usize) -> Self {
@@ -510,20 +495,6 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds the listener, starts the acceptor, the workers and the
-    /// monitor, and returns once all of them are running.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an invalid setting, [`Error::Bind`] when the
-    /// address cannot be resolved or bound (in use, not local, no
-    /// permission), [`Error::Spawn`] when a thread cannot be started.
-    /// Nothing is left running after an error.
-    pub fn start(self) -> Result<Server, Error> {
-        self.validate().map_err(Error::Config)?;
-        Server::start(self)
-    }
-
     /// The per-connection limits every worker applies.
     pub(crate) fn limits(&self) -> Limits {
         Limits {
@@ -534,7 +505,7 @@ impl ServerBuilder {
     }
 
     /// Checks the settings that have limits.
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
         }

@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::acceptor::Acceptor;
+use crate::acceptor::{Acceptor, HandOver};
 use crate::admission::{raise_fd_limit, Admission};
 use crate::closer::Closer;
 use crate::config::{Dispatch, ServerBuilder};
@@ -181,6 +181,24 @@ impl Server {
     }
 }
 
+// The builder's last step lives here, beside what it starts, so that
+// `config.rs` (the settings) depends on nothing that runs them.
+impl ServerBuilder {
+    /// Binds the listener, starts the acceptor, the workers and the
+    /// monitor, and returns once all of them are running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting, [`Error::Bind`] when the
+    /// address cannot be resolved or bound (in use, not local, no
+    /// permission), [`Error::Spawn`] when a thread cannot be started.
+    /// Nothing is left running after an error.
+    pub fn start(self) -> Result<Server, Error> {
+        self.validate().map_err(Error::Config)?;
+        Server::start(self)
+    }
+}
+
 impl Drop for Server {
     /// Begins a shutdown with the builder's shutdown timeout and returns at
     /// once; it never waits for connections (use [`Server::shutdown`]).
@@ -196,7 +214,7 @@ impl Server {
     /// until every thread runs. Called by [`ServerBuilder::start`].
     pub(crate) fn start(b: ServerBuilder) -> Result<Server, Error> {
         let listen_backlog = b.listen_backlog.unwrap_or(b.backlog);
-        let hand_over = b.hand_over();
+        let hand_over = HandOver::of(&b);
         let listening = if b.inherited {
             "listener from systemd".to_string()
         } else if b.reuse_port {

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use super::ctx::{Ctx, Opened, Progress};
 use super::pattern::{is_busy, Checker};
-use super::report::Tally;
 use super::sock::{read_some, write_all, Got, READ_BUF};
+use super::tally::Tally;
 
 /// Bulk: a writer thread streams `bulk_bytes` of message lines and
 /// half-closes; this thread reads and checks the replies as they come.

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::ctx::{Ctx, Latencies, Progress};
 use super::pattern::{is_busy, Checker};
-use super::report::Tally;
 use super::sock::{read_once, Got, Sender, READ_BUF};
+use super::tally::Tally;
 
 /// How one connect-mode cycle ended.
 enum Cycle {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::pattern::Pattern;
-use super::report::{histogram_us, Tally, MAX_EXAMPLES};
 use super::sock::{is_timeout, read_some, write_all, Got};
+use super::tally::{histogram_us, Tally, MAX_EXAMPLES};
 use super::{Live, LoadConfig, SLICE};
 
 /// Latencies buffered per connection before they are merged into the

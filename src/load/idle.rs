@@ -38,13 +38,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::ctx::{connect_hint, Ctx};
 use super::pattern::{is_busy, Pattern};
-use super::report::histogram_us;
 use super::sock::{is_timeout, READ_BUF};
+use super::tally::{histogram_us, IdleTally};
 use super::SLICE;
-
-mod tally;
-
-pub(super) use tally::IdleTally;
 
 /// Connects under way at once, at most: below the listen backlog of 128
 /// that std's listeners (and many servers) use, so a server that accepts

@@ -84,14 +84,15 @@ mod pattern;
 mod pingpong;
 mod report;
 mod sock;
+mod tally;
 
 pub use live::{Live, Snapshot};
 pub use report::Report;
 
 use ctx::Ctx;
-use idle::IdleTally;
 use pattern::Pattern;
-use report::{build_report, new_histogram, Measured, Tally};
+use report::{build_report, Measured};
+use tally::{new_histogram, IdleTally, Tally};
 
 /// Smallest message: one character and the newline.
 pub const MIN_SIZE: usize = 2;

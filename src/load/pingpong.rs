@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use super::ctx::{Ctx, Latencies, Opened, Progress};
 use super::pattern::{is_busy, Checker};
-use super::report::{plural, Tally};
+use super::report::plural;
 use super::sock::{read_once, Got, Pushed, Sender, READ_BUF};
+use super::tally::Tally;
 
 /// Pingpong: `pipeline` messages in flight, each reply checked and timed,
 /// the next message sent as each reply completes.

@@ -3,20 +3,13 @@
 //! latency histograms into it.
 
 use std::fmt;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::idle::IdleTally;
-use super::{Expect, Live, LoadConfig, Mode};
-
-/// Highest latency the histograms hold, in microseconds (one hour);
-/// anything longer is recorded as this.
-const HIST_MAX_US: u64 = 3_600_000_000;
-/// Examples of distinct error messages kept for the report.
-pub(super) const MAX_EXAMPLES: usize = 5;
+use super::tally::{IdleTally, Tally, MAX_EXAMPLES};
+use super::{Expect, LoadConfig, Mode};
 
 /// The result of a run; the `--json` line is this, serialized.
 ///
@@ -113,7 +106,7 @@ pub struct Report {
     /// The hard deadline passed before the run finished: counts are
     /// incomplete.
     pub cut_by_deadline: bool,
-    /// The run was ended early by [`Live::stop`] (Ctrl-C): the figures
+    /// The run was ended early by [`Live::stop`](super::Live::stop) (Ctrl-C): the figures
     /// cover the time until then. Not a failure by itself.
     pub interrupted: bool,
     /// A few distinct error messages (and notes on unexpected bytes after
@@ -275,55 +268,6 @@ impl fmt::Display for Report {
     }
 }
 
-/// What one connection (or connect loop) did.
-#[derive(Debug, Default)]
-pub(super) struct Tally {
-    /// Round trips (cycles, bulk message lines) counted.
-    pub(super) counted: u64,
-    /// Reply bytes counted.
-    pub(super) bytes: u64,
-    /// Wrong replies.
-    pub(super) wrong: u64,
-    /// Errors; each also leaves an example in `error_messages`.
-    pub(super) errors: u64,
-    /// Connections that got no reply within the run.
-    pub(super) never_served: u64,
-    /// Connections answered with `BUSY`.
-    pub(super) rejected: u64,
-    /// The deadline cut this connection's work short.
-    pub(super) cut: bool,
-    /// When the last counted reply completed.
-    pub(super) last_counted: Option<Instant>,
-    /// When the connection's work ended (before its close).
-    pub(super) finished: Option<Instant>,
-    /// The first few error messages, for the report's examples.
-    pub(super) error_messages: Vec<String>,
-}
-
-impl Tally {
-    pub(super) fn error(&mut self, live: &Live, message: String) {
-        self.errors += 1;
-        live.errors.fetch_add(1, Relaxed);
-        if self.error_messages.len() < MAX_EXAMPLES {
-            self.error_messages.push(message);
-        }
-    }
-
-    /// The server sent `n` bytes after every expected reply: a wrong reply
-    /// and an error.
-    pub(super) fn unasked(&mut self, live: &Live, n: usize) {
-        self.wrong(live, 1);
-        self.error(live, format!("the server sent {n} bytes nobody asked for"));
-    }
-
-    pub(super) fn wrong(&mut self, live: &Live, n: u64) {
-        if n > 0 {
-            self.wrong += n;
-            live.wrong.fetch_add(n, Relaxed);
-        }
-    }
-}
-
 /// The measured window and the histograms, as the drivers left them.
 #[derive(Debug)]
 pub(super) struct Measured<'h> {
@@ -436,21 +380,11 @@ pub(super) fn build_report(cfg: &LoadConfig, tallies: &[Tally], m: &Measured<'_>
     }
 }
 
-pub(super) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant histogram bounds are valid")
-}
-
-/// `d` in microseconds, clamped to what the histograms hold: 1 us (a
-/// zero would be refused) to [`HIST_MAX_US`].
-pub(super) fn histogram_us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros())
-        .unwrap_or(u64::MAX)
-        .clamp(1, HIST_MAX_US)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::tally::new_histogram;
+    use crate::load::Live;
 
     fn tally(counted: u64) -> Tally {
         Tally {
