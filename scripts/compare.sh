@@ -6,7 +6,7 @@
 #   scripts/compare.sh [-r ROUNDS] [-d DURATION] [-w WORKERS] [-s SIZE]
 #                      [--scenarios LIST] [--servers LIST] [--bulk-mib MIB]
 #                      [--idle N] [--idle-interval DUR] [--idle-warmup DUR]
-#                      [--out DIR] [--no-build]
+#                      [--pin SERVER_CPUS/LOAD_CPUS] [--out DIR] [--no-build]
 #
 # Servers (--servers, comma-separated; default
 # poolserver,poolserver_event,thread_per_conn,tokio_per_conn):
@@ -35,6 +35,14 @@
 #                 DURATION is measured; one not yet connected by the end
 #                 counts as never served
 #   idle10k_pp8   pingpong8 beside those IDLE idle connections
+#
+# --pin SERVER_CPUS/LOAD_CPUS (for example --pin 1/0) runs the servers on
+# one set of CPUs and poolload on another (taskset(1) lists), the way a
+# server and its clients run on different machines. Without it both share
+# every CPU, and each server's figures include how it competes with the
+# load generator for them. A pinned server sees only its CPUs
+# (sched_getaffinity), so event mode's running workers and tokio's
+# threads follow them.
 #
 # Every reply is checked byte for byte by poolload. Each scenario gets
 # freshly started servers (so each server's peak RSS, VmHWM, belongs to one
@@ -65,6 +73,7 @@ IDLE=10000
 IDLE_INTERVAL=2s
 IDLE_WARMUP=8s
 OUT=""
+PIN=""
 BUILD=1
 ALL_SCENARIOS="pingpong8,pingpong64,pingpong512,bulk,mixed,connect,idle10k,idle10k_pp8"
 SCENARIOS=$ALL_SCENARIOS
@@ -85,6 +94,7 @@ while [[ $# -gt 0 ]]; do
         --idle) IDLE="$2"; shift 2 ;;
         --idle-interval) IDLE_INTERVAL="$2"; shift 2 ;;
         --idle-warmup) IDLE_WARMUP="$2"; shift 2 ;;
+        --pin) PIN="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -93,6 +103,18 @@ while [[ $# -gt 0 ]]; do
 done
 
 IFS=, read -r -a SERVERS <<< "$SERVER_LIST"
+# What the servers and poolload are started under: taskset with --pin.
+ON_SERVER_CPUS=()
+ON_LOAD_CPUS=()
+if [[ -n $PIN ]]; then
+    if [[ ! $PIN =~ ^[0-9,-]+/[0-9,-]+$ ]]; then
+        echo "compare.sh: --pin wants SERVER_CPUS/LOAD_CPUS, for example 1/0 (got '$PIN')" >&2
+        exit 2
+    fi
+    command -v taskset >/dev/null || { echo "compare.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
+    ON_SERVER_CPUS=(taskset -c "${PIN%/*}")
+    ON_LOAD_CPUS=(taskset -c "${PIN#*/}")
+fi
 IFS=, read -r -a WANTED <<< "$SCENARIOS"
 for s in "${WANTED[@]}"; do
     if [[ ",$ALL_SCENARIOS," != *",$s,"* ]]; then
@@ -166,7 +188,7 @@ start_server() {
     # at it below cannot race the server's start.
     : > "$log"
     # shellcheck disable=SC2086  # the command line is meant to be split
-    ${CMD[$name]} 2>"$log" &
+    "${ON_SERVER_CPUS[@]}" ${CMD[$name]} 2>"$log" &
     PID[$name]=$!
     # Wait (at most 10 s) for the line naming the real address; poolserver
     # logs "... listening on 127.0.0.1:PORT with ...", the baselines print
@@ -206,7 +228,7 @@ load() {
     local name="$1"
     shift
     LOAD_RC=0
-    "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q "$@" \
+    "${ON_LOAD_CPUS[@]}" "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q "$@" \
         > "$OUT/line.tmp" || LOAD_RC=$?
     REPORT=$(head -n 1 "$OUT/line.tmp")
     REPORT=${REPORT:-null}
@@ -258,7 +280,7 @@ run_one() {
         # ends a poolload run early, with its report) once the ping-pong run
         # is over; their own deadline bounds them if anything goes wrong.
         local bulk_out="$OUT/bulk.tmp"
-        "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q \
+        "${ON_LOAD_CPUS[@]}" "$BIN/poolload" --addr "${ADDR[$name]}" --expect "${EXPECT[$name]}" --json -q \
             --mode bulk -c 8 --bulk-mib 1000000 --deadline 60s > "$bulk_out" 2>/dev/null &
         local bpid=$!
         EXTRA_PIDS+=("$bpid")
@@ -283,6 +305,7 @@ run_one() {
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "rustc: $(rustc --version)"
     echo "cpus: $(nproc)"
+    echo "pinned (servers/poolload): ${PIN:-no, both on every CPU}"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "command: scripts/compare.sh $ORIG_ARGS"
     echo "settings: rounds=$ROUNDS duration=$DURATION workers=$WORKERS size=$SIZE bulk_mib=$BULK_MIB idle=$IDLE idle_interval=$IDLE_INTERVAL idle_warmup=$IDLE_WARMUP"
