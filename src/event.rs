@@ -17,8 +17,9 @@
 //!
 //! * a read comes back short (the socket's queue is drained) or would
 //!   block: it parks the connection without a further read — unless there are no
-//!   more live connections than workers and nobody waits for a worker.
-//!   Then holding the connection costs nobody a worker, so the worker
+//!   more live connections than workers, nobody waits for a worker and
+//!   the server has more than one CPU (see `slice.rs`). Then holding the
+//!   connection costs nobody a worker, so the worker
 //!   *holds* it: the socket is switched to blocking with a receive timeout
 //!   of [`PARK_GRACE`], and the worker reads as connection mode does (one
 //!   syscall per read, no poller round trip: a ping-pong client's next

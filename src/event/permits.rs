@@ -50,6 +50,8 @@ pub(crate) struct Permits {
     freed: Condvar,
     /// False when there are no more workers than permits.
     limited: bool,
+    /// The CPUs they are for.
+    cpus: usize,
 }
 
 impl Permits {
@@ -61,6 +63,7 @@ impl Permits {
             lock: Mutex::new(()),
             freed: Condvar::new(),
             limited: running < workers,
+            cpus: running,
         }
     }
 
@@ -68,6 +71,11 @@ impl Permits {
     pub(crate) fn for_this_machine(workers: usize) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Permits::new(cpus, workers)
+    }
+
+    /// The CPUs the permits are for (the `running` they were made with).
+    pub(crate) fn cpus(&self) -> usize {
+        self.cpus
     }
 
     /// Takes a permit, waiting for one to be free (the worker holds no
