@@ -34,7 +34,9 @@
 #                 time) during a warm-up of IDLE_WARMUP (default 8s), then
 #                 DURATION is measured; one not yet connected by the end
 #                 counts as never served
-#   idle10k_pp8   pingpong8 beside those IDLE idle connections
+#   idle10k_pp8   pingpong8 beside those IDLE idle connections; each
+#                 round first runs pingpong8 alone against the same server,
+#                 so the ratio beside/alone compares runs seconds apart
 #
 # --pin SERVER_CPUS/LOAD_CPUS (for example --pin 1/0) runs the servers on
 # one set of CPUs and poolload on another (taskset(1) lists), the way a
@@ -236,7 +238,8 @@ load() {
 
 # Appends one result line to results.jsonl:
 # {"round":R,"server":S,"scenario":X,"exit":RC,"threads_max":T,"rss_max_kib":K,
-#  "report":{...poolload --json...}[,"bulk":{...the mixed scenario's bulk run...}]}
+#  "report":{...poolload --json...}[,"bulk":{...the mixed scenario's bulk run...}]
+#  [,"alone":{...idle10k_pp8's ping-pong run without the idle ones...}]}
 record() {
     local round="$1" scenario="$2" name="$3" rc="$4" report="$5" samples="$6" extra="${7:-}"
     local tmax rmax
@@ -292,6 +295,17 @@ run_one() {
         local bline
         bline=$(head -n 1 "$bulk_out")
         extra=",\"bulk_exit\":$brc,\"bulk\":${bline:-null}"
+    elif [[ $scenario == idle10k_pp8 ]]; then
+        # The same 8 ping-pong clients alone first, against the same server,
+        # seconds before they run beside the idle ones: the target is a
+        # ratio, and the pingpong8 scenario ran many minutes earlier, often
+        # in another of a shared machine's fast or slow spells. The table
+        # takes the ratio round by round from these pairs.
+        local alone_args
+        read -r -a alone_args <<< "$(scenario_args pingpong8)"
+        load "$name" "${alone_args[@]}"
+        extra=",\"alone_exit\":$LOAD_RC,\"alone\":$REPORT"
+        load "$name" "${args[@]}"
     else
         load "$name" "${args[@]}"
     fi
