@@ -77,6 +77,11 @@ def problems(server, scenario):
     return bad
 
 
+def alone_rate(r):
+    """idle10k_pp8: the ping-pong rate of the run alone just before."""
+    return r["alone"]["rt_per_sec"] if r.get("alone") else None
+
+
 def paired(server):
     """idle10k_pp8: the median over the rounds of the ping-pong rate beside
     the idle connections over the rate alone just before (None for a run
@@ -186,7 +191,7 @@ for scenario, title in (("idle10k", "alone"), ("idle10k_pp8", "beside 8 ping-pon
                mib(peaks.get((scenario, s))), fmt(worst(s, scenario, lambda r: r["threads_max"]))]
         if scenario == "idle10k_pp8":
             v = med(s, scenario, rep("rt_per_sec"))
-            alone = med(s, scenario, lambda r: r["alone"]["rt_per_sec"] if r.get("alone") else None)
+            alone = med(s, scenario, alone_rate)
             pr = paired(s)
             row += [fmt(v), fmt(med(s, scenario, rep("p99_us"))), fmt(alone),
                     "–" if pr is None else f"{pr:.2f}×",
@@ -245,7 +250,7 @@ if present("idle10k_pp8") and reports(EVENT, "idle10k_pp8"):
     beside = med(EVENT, "idle10k_pp8", rep("rt_per_sec"))
     pr = paired(EVENT)
     if pr is not None:
-        alone = med(EVENT, "idle10k_pp8", lambda r: r["alone"]["rt_per_sec"] if r.get("alone") else None)
+        alone = med(EVENT, "idle10k_pp8", alone_rate)
         check("8 ping-pong beside the idle ones ≥ 0.9× without them",
               f"{pr:.2f}× (median of the rounds' ratios; medians {beside:,.0f} vs {alone:,.0f})", pr >= 0.9)
     elif present("pingpong8"):
